@@ -1,0 +1,44 @@
+"""common_cache: model-agnostic block-selective delta caching (ProfilingDiT).
+
+The public API (documented in docs/caching.md):
+
+* :func:`run_blocks`: the entry point a transformer forward calls for each block stack.
+* :class:`CacheConfig`, :class:`StreamGroupConfig`, schedules, :class:`CacheProfile`: typed configuration and the
+  JSON cache profile.
+* :class:`DeltaCache`, :func:`attach_cache`, :func:`detach_cache`: the run-time cache.
+* :class:`CacheStats`: per-generation statistics.
+* :func:`add_cache_args`, :func:`cache_profile_from_args`, :func:`delta_cache_from_args`: the shared CLI group.
+"""
+
+from common_cache.cli import add_cache_args, cache_profile_from_args, delta_cache_from_args, parse_int_list
+from common_cache.config import CacheConfig, CacheProfile, StreamGroupConfig
+from common_cache.delta_cache import DeltaCache, attach_cache, detach_cache
+from common_cache.plan import CacheUnit, GroupPlan, cache_units, compile_group, step_kinds
+from common_cache.runner import call_block, run_blocks
+from common_cache.schedule import LinearSchedule, StepListSchedule, UniformSchedule, schedule_from_dict
+from common_cache.stats import CacheStats
+
+__all__ = [
+    "CacheConfig",
+    "CacheProfile",
+    "CacheStats",
+    "CacheUnit",
+    "DeltaCache",
+    "GroupPlan",
+    "LinearSchedule",
+    "StepListSchedule",
+    "StreamGroupConfig",
+    "UniformSchedule",
+    "add_cache_args",
+    "attach_cache",
+    "cache_profile_from_args",
+    "cache_units",
+    "call_block",
+    "compile_group",
+    "delta_cache_from_args",
+    "detach_cache",
+    "parse_int_list",
+    "run_blocks",
+    "schedule_from_dict",
+    "step_kinds",
+]

@@ -1,0 +1,58 @@
+"""The one entry point a transformer forward calls for each of its block stacks.
+
+A model forward hands a stack of blocks to :func:`run_blocks` together with the hidden state(s) and the keyword
+arguments every block of the stack takes. Without a cache attached this is a plain loop, so the uncached model is
+bit-identical to one that loops over its blocks itself. With a cache attached, the cache decides per step and block
+whether to run the block, skip it, or add a stored residual.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+# A stream carries one hidden state (Wan blocks, HunyuanVideo single-stream blocks) or a tuple of them
+# (HunyuanVideo double-stream blocks: image and text state).
+States = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+class StackRunner(Protocol):
+    """What a cache attached to a model must provide: one call per block stack and forward."""
+
+    def run(self, group: str, blocks: Sequence[Callable[..., Any]], states: States, kwargs: dict) -> States: ...
+
+
+def call_block(block: Callable[..., Any], states: States, kwargs: dict) -> States:
+    """Calls one block: a tuple of states is passed positionally, a single tensor as the first argument."""
+    if isinstance(states, tuple):
+        return block(*states, **kwargs)
+    return block(states, **kwargs)
+
+
+def run_blocks(
+    cache: StackRunner | None,
+    group: str,
+    blocks: Sequence[Callable[..., Any]],
+    states: States,
+    **kwargs: Any,
+) -> States:
+    """Runs a stack of blocks, through the attached cache if there is one.
+
+    Args:
+        cache: the cache attached to the model (``model.block_cache``) or None for the plain loop.
+        group: the stream group name of this stack (Wan: ``"blocks"``; HunyuanVideo: ``"double"``, ``"single"``).
+        blocks: the blocks in execution order (usually an ``nn.ModuleList``).
+        states: the hidden state entering the first block, or a tuple of states for multi-stream blocks. Each block
+            returns the same structure.
+        **kwargs: arguments passed unchanged to every block (conditioning, RoPE tables, lengths, ...).
+
+    Returns:
+        The state(s) leaving the last block.
+    """
+    if cache is None:
+        for block in blocks:
+            states = call_block(block, states, kwargs)
+        return states
+    return cache.run(group, blocks, states, kwargs)

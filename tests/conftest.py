@@ -1,0 +1,20 @@
+"""Test set-up: the model folders are run from inside (like the official repos), so put them on sys.path."""
+
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for sub in ("", "Wan2.1", "HunyuanVideo"):
+    path = os.path.join(ROOT, sub)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Every test starts from the same RNG state and the CI thread count."""
+    torch.manual_seed(0)
+    yield
