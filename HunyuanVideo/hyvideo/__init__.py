@@ -1,0 +1,1 @@
+"""HunyuanVideo text-to-video (ProfilingDiT re-implementation)."""

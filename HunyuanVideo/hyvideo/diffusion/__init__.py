@@ -1,0 +1,5 @@
+"""Diffusion parts of HunyuanVideo: the flow-matching scheduler (the denoising pipeline lives beside it)."""
+
+from .schedulers import FlowMatchDiscreteScheduler
+
+__all__ = ["FlowMatchDiscreteScheduler"]

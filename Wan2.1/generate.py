@@ -1,0 +1,180 @@
+"""Wan2.1 text-to-video command line, with ProfilingDiT block caching (``--delta_cache``).
+
+References: Wan2.1 generate.py (flags, defaults, checks, output naming). Text-to-video tasks only.
+
+    python generate.py --task t2v-14B --size 832*480 --frame_num 81 --ckpt_dir ./Wan2.1-T2V-14B \
+        --prompt "..." --delta_cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+
+import torch
+
+from common_cache import add_cache_args, attach_cache, cache_profile_from_args, delta_cache_from_args
+from wan.cache_profiles import builtin_profile
+from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS
+from wan.text2video import SAMPLE_SOLVERS, WanT2V
+from wan.utils.utils import cache_video, default_save_file, str2bool
+
+EXAMPLE_PROMPT = {
+    "t2v-1.3B": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
+    "t2v-14B": "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
+}
+
+
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Generate a video from a text prompt with Wan2.1")
+    parser.add_argument("--task", type=str, default="t2v-14B", choices=list(WAN_CONFIGS), help="The task to run.")
+    parser.add_argument("--size", type=str, default=None, choices=list(SIZE_CONFIGS),
+                        help="The area (width*height) of the generated video (default 1280*720, or the "
+                             "task's own default size).")
+    parser.add_argument("--frame_num", type=int, default=None, help="Frames to sample, 4n+1 (default 81).")
+    parser.add_argument("--ckpt_dir", type=str, default=None, help="The path to the checkpoint directory.")
+    parser.add_argument("--offload_model", type=str2bool, default=None,
+                        help="Offload the model to the CPU after each forward to reduce GPU memory "
+                             "(default: True on one process).")
+    parser.add_argument("--ulysses_size", type=int, default=1, help="Ulysses sequence-parallel degree.")
+    parser.add_argument("--ring_size", type=int, default=1, help="Ring attention sequence-parallel degree.")
+    parser.add_argument("--t5_fsdp", action="store_true", default=False, help="Use FSDP for the T5.")
+    parser.add_argument("--t5_cpu", action="store_true", default=False, help="Keep the T5 on the CPU.")
+    parser.add_argument("--dit_fsdp", action="store_true", default=False, help="Use FSDP for the DiT.")
+    parser.add_argument("--save_file", type=str, default=None, help="The file to save the generated video to.")
+    parser.add_argument("--prompt", type=str, default=None, help="The prompt to generate the video from.")
+    parser.add_argument("--use_prompt_extend", action="store_true", default=False,
+                        help="Extend the prompt with an LLM (not available in this re-implementation).")
+    parser.add_argument("--prompt_extend_method", type=str, default="local_qwen", choices=["dashscope", "local_qwen"])
+    parser.add_argument("--prompt_extend_model", type=str, default=None)
+    parser.add_argument("--prompt_extend_target_lang", type=str, default="zh", choices=["zh", "en"])
+    parser.add_argument("--base_seed", type=int, default=-1, help="The seed (-1: random).")
+    parser.add_argument("--sample_solver", type=str, default="unipc", choices=list(SAMPLE_SOLVERS),
+                        help="The solver used to sample.")
+    parser.add_argument("--sample_steps", type=int, default=None, help="The sampling steps (default 50).")
+    parser.add_argument("--sample_shift", type=float, default=None, help="Noise schedule shift (default 5.0).")
+    parser.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
+    add_cache_args(parser)
+    return parser.parse_args(argv)
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    """Fills the task-dependent defaults and checks every value before anything is loaded (official checks first)."""
+    config = WAN_CONFIGS[args.task]
+    if args.ckpt_dir is None:
+        default = config.get("default_ckpt_dir")
+        if default is None:
+            raise ValueError(f"--ckpt_dir is required for --task {args.task}: the folder of the official checkpoint")
+        args.ckpt_dir = default
+    args.size = config.get("default_size", "1280*720") if args.size is None else args.size
+    args.sample_steps = config.get("sample_steps", 50) if args.sample_steps is None else args.sample_steps
+    args.sample_shift = config.get("sample_shift", 5.0) if args.sample_shift is None else args.sample_shift
+    args.frame_num = config.get("frame_num", 81) if args.frame_num is None else args.frame_num
+    args.base_seed = args.base_seed if args.base_seed >= 0 else random.randint(0, sys.maxsize)
+    if args.size not in SUPPORTED_SIZES[args.task]:
+        raise ValueError(f"--size {args.size} is not supported by task {args.task}: allowed "
+                         f"{', '.join(SUPPORTED_SIZES[args.task])}")
+    if args.frame_num < 1 or (args.frame_num - 1) % 4:
+        raise ValueError(f"--frame_num {args.frame_num} is not allowed: expected 4n+1 (e.g. 5, 9, ..., 81)")
+    if args.sample_steps < 1:
+        raise ValueError(f"--sample_steps {args.sample_steps} is not allowed: expected an integer >= 1")
+    if not args.sample_shift > 0:
+        raise ValueError(f"--sample_shift {args.sample_shift} is not allowed: expected a number > 0")
+    if args.ulysses_size < 1 or args.ring_size < 1:
+        raise ValueError(f"--ulysses_size {args.ulysses_size} / --ring_size {args.ring_size}: expected integers >= 1")
+    if args.ulysses_size * args.ring_size > 1 or args.t5_fsdp or args.dit_fsdp:
+        raise ValueError("--ulysses_size/--ring_size above 1, --t5_fsdp and --dit_fsdp need several processes "
+                         "(torchrun), which this version does not support yet: run with one process")
+    if args.use_prompt_extend:
+        raise ValueError("--use_prompt_extend is not available: it needs Qwen weights or the DashScope service; "
+                         "pass an already extended --prompt instead")
+    if args.save_file is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save_file))):
+        raise ValueError(f"--save_file {args.save_file}: its folder does not exist")
+
+
+def _init_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s",
+                        handlers=[logging.StreamHandler(stream=sys.stdout)])
+
+
+def _resolve_cache_profile(args: argparse.Namespace):
+    """The cache profile of the run (None when the cache is off), checked against the task before any loading."""
+    profile = cache_profile_from_args(args, builtin_profile(args.task), f"task {args.task}")
+    if profile is None:
+        return None
+    profile.config.check_depths({"blocks": WAN_CONFIGS[args.task].num_layers})
+    for group in profile.config.groups:
+        group.refresh_steps(args.sample_steps)
+    return profile
+
+
+def _attach_cache(args: argparse.Namespace, pipeline: WanT2V, profile) -> None:
+    attach_cache(pipeline.model, delta_cache_from_args(args, profile))
+    logging.info("cache profile %s (%s)", profile.config.tag(), args.cache_profile or "built-in")
+    for group in profile.config.groups:
+        logging.info("cache group %s: blocks %s, warm-up %d, refresh steps %s", group.name,
+                     list(group.cached_blocks), group.warmup_steps, list(group.refresh_steps(args.sample_steps)))
+    if profile.metadata.get("provisional"):
+        logging.warning("the cache profile for %s is provisional: %s", args.task, profile.metadata.get("source"))
+
+
+def _summary(args: argparse.Namespace, pipeline: WanT2V, report, profile) -> None:
+    logging.info("time: %.1f s in total, %.1f s denoising (%d steps)", report.total_seconds, report.denoise_seconds,
+                 args.sample_steps)
+    cache = pipeline.model.block_cache
+    if cache is None:
+        return
+    measured = report.measured_speedup()
+    for line in cache.stats.summary().splitlines():
+        logging.info(line)
+    logging.info("speedup of the denoising loop: ideal %.3fx, measured %s (full-step time x steps / loop time)",
+                 cache.stats.ideal_speedup, f"{measured:.3f}x" if measured else "n/a")
+    if args.cache_stats:
+        data = {"profile_tag": profile.config.tag(), "measured_speedup": measured,
+                "denoise_seconds": report.denoise_seconds, **cache.stats.to_dict()}
+        with open(args.cache_stats, "w") as handle:
+            json.dump(data, handle, indent=2)
+
+
+def generate(args: argparse.Namespace) -> str:
+    """Runs one generation and writes the video; returns its path."""
+    config = WAN_CONFIGS[args.task]
+    logging.info("Generation job args: %s", args)
+    logging.info("Generation model config: %s", config)
+    prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT.get(args.task, "")
+    offload_model = True if args.offload_model is None else args.offload_model
+    profile = _resolve_cache_profile(args)
+    pipeline = WanT2V(config=config, checkpoint_dir=args.ckpt_dir, t5_cpu=args.t5_cpu)
+    if profile is not None:
+        _attach_cache(args, pipeline, profile)
+    logging.info("Generating video ...")
+    video, report = pipeline.generate(
+        prompt, size=SIZE_CONFIGS[args.size], frame_num=args.frame_num, shift=args.sample_shift,
+        sample_solver=args.sample_solver, sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
+        seed=args.base_seed, offload_model=offload_model)
+    save_file = args.save_file or default_save_file(args.task, args.size, args.ulysses_size, args.ring_size, prompt)
+    logging.info("Saving generated video to %s", save_file)
+    cache_video(video[None], save_file=save_file, fps=config.sample_fps, nrow=1, normalize=True, value_range=(-1, 1))
+    _summary(args, pipeline, report, profile)
+    logging.info("Finished.")
+    return save_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    _init_logging()
+    args = _parse_args(argv)
+    try:
+        _validate_args(args)
+        generate(args)
+    except (ValueError, FileNotFoundError) as err:
+        logging.error("%s", err)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
