@@ -9,7 +9,6 @@ References: Wan2.1 generate.py (flags, defaults, checks, output naming). Text-to
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import random
@@ -17,7 +16,14 @@ import sys
 
 import torch
 
-from common_cache import add_cache_args, attach_cache, cache_profile_from_args, delta_cache_from_args
+from common_cache import (
+    add_cache_args,
+    attach_cache,
+    cache_profile_from_args,
+    delta_cache_from_args,
+    log_cache_profile,
+    log_cache_summary,
+)
 from wan.cache_profiles import builtin_profile
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS
 from wan.text2video import SAMPLE_SOLVERS, WanT2V
@@ -114,30 +120,14 @@ def _resolve_cache_profile(args: argparse.Namespace):
 
 def _attach_cache(args: argparse.Namespace, pipeline: WanT2V, profile) -> None:
     attach_cache(pipeline.model, delta_cache_from_args(args, profile))
-    logging.info("cache profile %s (%s)", profile.config.tag(), args.cache_profile or "built-in")
-    for group in profile.config.groups:
-        logging.info("cache group %s: blocks %s, warm-up %d, refresh steps %s", group.name,
-                     list(group.cached_blocks), group.warmup_steps, list(group.refresh_steps(args.sample_steps)))
-    if profile.metadata.get("provisional"):
-        logging.warning("the cache profile for %s is provisional: %s", args.task, profile.metadata.get("source"))
+    log_cache_profile(logging.getLogger(), profile, args.cache_profile or "built-in", args.sample_steps)
 
 
 def _summary(args: argparse.Namespace, pipeline: WanT2V, report, profile) -> None:
-    logging.info("time: %.1f s in total, %.1f s denoising (%d steps)", report.total_seconds, report.denoise_seconds,
-                 args.sample_steps)
-    cache = pipeline.model.block_cache
-    if cache is None:
-        return
-    measured = report.measured_speedup()
-    for line in cache.stats.summary().splitlines():
-        logging.info(line)
-    logging.info("speedup of the denoising loop: ideal %.3fx, measured %s (full-step time x steps / loop time)",
-                 cache.stats.ideal_speedup, f"{measured:.3f}x" if measured else "n/a")
-    if args.cache_stats:
-        data = {"profile_tag": profile.config.tag(), "measured_speedup": measured,
-                "denoise_seconds": report.denoise_seconds, **cache.stats.to_dict()}
-        with open(args.cache_stats, "w") as handle:
-            json.dump(data, handle, indent=2)
+    logging.info("time: %.1f s in total, %.1f s denoising (%d steps), %.1f s decoding", report.total_seconds,
+                 report.denoise_seconds, args.sample_steps, report.decode_seconds)
+    if pipeline.model.block_cache is not None:
+        log_cache_summary(logging.getLogger(), pipeline.model.block_cache, report, profile, args.cache_stats)
 
 
 def generate(args: argparse.Namespace) -> str:

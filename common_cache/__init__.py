@@ -6,13 +6,19 @@ The public API (documented in docs/caching.md):
 * :class:`CacheConfig`, :class:`StreamGroupConfig`, schedules, :class:`CacheProfile`: typed configuration and the
   JSON cache profile.
 * :class:`DeltaCache`, :func:`attach_cache`, :func:`detach_cache`: the run-time cache.
-* :class:`CacheStats`: per-generation statistics.
+* :class:`CacheStats`: per-generation statistics; :class:`GenerationReport` and the summary helpers.
 * :func:`add_cache_args`, :func:`cache_profile_from_args`, :func:`delta_cache_from_args`: the shared CLI group.
 """
 
 from common_cache.cli import add_cache_args, cache_profile_from_args, delta_cache_from_args, parse_int_list
 from common_cache.config import CacheConfig, CacheProfile, StreamGroupConfig
 from common_cache.delta_cache import DeltaCache, attach_cache, detach_cache
+from common_cache.report import (
+    GenerationReport,
+    log_cache_profile,
+    log_cache_summary,
+    saved_calls_text,
+)
 from common_cache.plan import CacheUnit, GroupPlan, cache_units, compile_group, step_kinds
 from common_cache.runner import call_block, run_blocks
 from common_cache.schedule import LinearSchedule, StepListSchedule, UniformSchedule, schedule_from_dict
@@ -24,6 +30,7 @@ __all__ = [
     "CacheStats",
     "CacheUnit",
     "DeltaCache",
+    "GenerationReport",
     "GroupPlan",
     "LinearSchedule",
     "StepListSchedule",
@@ -37,8 +44,11 @@ __all__ = [
     "compile_group",
     "delta_cache_from_args",
     "detach_cache",
+    "log_cache_profile",
+    "log_cache_summary",
     "parse_int_list",
     "run_blocks",
+    "saved_calls_text",
     "schedule_from_dict",
     "step_kinds",
 ]

@@ -18,10 +18,10 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
-
 import torch
 from tqdm import tqdm
+
+from common_cache import GenerationReport, saved_calls_text
 
 from .modules.checkpoint import load_wan_model
 from .modules.t5 import T5EncoderModel
@@ -57,35 +57,6 @@ def check_checkpoint_dir(config, checkpoint_dir: str) -> None:
         missing.append(f"DiT weights ({' or '.join(weights)})")
     if missing:
         raise FileNotFoundError(f"checkpoint folder {os.path.abspath(checkpoint_dir)} is missing: {'; '.join(missing)}")
-
-
-@dataclass
-class GenerationReport:
-    """What one generation measured (for the end-of-run summary).
-
-    Attributes:
-        seed: the seed actually used.
-        denoise_seconds: wall time of the denoising loop.
-        step_seconds: wall time of each step.
-        full_steps: indices of the steps on which every block ran (warm-up and refresh steps).
-        total_seconds: the whole ``generate`` call.
-    """
-
-    seed: int
-    denoise_seconds: float = 0.0
-    step_seconds: list[float] = field(default_factory=list)
-    full_steps: list[int] = field(default_factory=list)
-    total_seconds: float = 0.0
-
-    def measured_speedup(self) -> float | None:
-        """Full-compute time estimated from this run's own full steps, over the actual loop time.
-
-        The first step is left out of the estimate (it pays one-off costs such as allocator warm-up).
-        """
-        full = [self.step_seconds[i] for i in self.full_steps if i > 0]
-        if not full or self.denoise_seconds <= 0:
-            return None
-        return sum(full) / len(full) * len(self.step_seconds) / self.denoise_seconds
 
 
 class WanT2V:
@@ -193,7 +164,7 @@ class WanT2V:
         """
         start = time.perf_counter()
         seed = seed if seed >= 0 else random.randint(0, sys.maxsize)
-        report = GenerationReport(seed=seed)
+        report = GenerationReport(seeds=[seed])
         target_shape = self.latent_shape(size, frame_num)
         seq_len = math.ceil(target_shape[2] * target_shape[3] / (self.patch_size[1] * self.patch_size[2])
                             * target_shape[1])
@@ -220,28 +191,25 @@ class WanT2V:
                 noise_pred = noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond)
                 latent = scheduler.step(noise_pred.unsqueeze(0), t, latent.unsqueeze(0), return_dict=False,
                                         generator=generator)[0].squeeze(0)
-                self._record_step(report, index, step_start, cache)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                report.record_step(index, time.perf_counter() - step_start, cache)
                 bar.update(1)
                 if cache is not None:
-                    bar.set_postfix_str(_saved_text(cache))
+                    bar.set_postfix_str(saved_calls_text(cache))
         bar.close()
         report.denoise_seconds = time.perf_counter() - loop_start
         if offload_model and not self.on_cpu:
             self.model.cpu()
             torch.cuda.empty_cache()
+        decode_start = time.perf_counter()
         video = self.vae.decode([latent])[0] if self.rank == 0 else None
+        report.decode_seconds = time.perf_counter() - decode_start
         del noise, latent
         if offload_model:
             gc.collect()
         report.total_seconds = time.perf_counter() - start
         return video, report
-
-    def _record_step(self, report: GenerationReport, index: int, step_start: float, cache) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        report.step_seconds.append(time.perf_counter() - step_start)
-        if cache is None or all(group.skipped[index] == 0 for group in cache.stats.groups.values()):
-            report.full_steps.append(index)
 
 
 def _load_component(what: str, path: str, load):
@@ -256,8 +224,3 @@ def _load_component(what: str, path: str, load):
 
 def _cache_step(cache, index: int, branch: str):
     return cache.step(index, branch) if cache is not None else contextlib.nullcontext()
-
-
-def _saved_text(cache) -> str:
-    stats = cache.stats
-    return f"cache saved {stats.skipped_calls}/{stats.total_calls} block calls"

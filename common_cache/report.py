@@ -1,0 +1,79 @@
+"""What a generation measured, and the cache part of the end-of-run summary, shared by both command lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from common_cache.config import CacheProfile
+from common_cache.delta_cache import DeltaCache
+
+
+@dataclass
+class GenerationReport:
+    """Timings of one generation.
+
+    Attributes:
+        seeds: the seeds actually used.
+        denoise_seconds: wall time of the denoising loop.
+        step_seconds: wall time of each step (the caller synchronises the device first).
+        full_steps: steps on which every block ran (no cache, warm-up and refresh steps).
+        decode_seconds: VAE decoding.
+        total_seconds: the whole generation.
+    """
+
+    seeds: list[int] = field(default_factory=list)
+    denoise_seconds: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+    full_steps: list[int] = field(default_factory=list)
+    decode_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def record_step(self, index: int, seconds: float, cache: DeltaCache | None) -> None:
+        """Adds step ``index``'s time; the step counts as full when the cache skipped no block in it."""
+        self.step_seconds.append(seconds)
+        if cache is None or all(group.skipped[index] == 0 for group in cache.stats.groups.values()):
+            self.full_steps.append(index)
+
+    def measured_speedup(self) -> float | None:
+        """Full-compute loop time estimated from this run's own full steps, over the actual loop time.
+
+        Step 0 is left out of the estimate (it pays one-off costs such as allocator warm-up). None when the run has
+        no other full step.
+        """
+        full = [self.step_seconds[i] for i in self.full_steps if i > 0]
+        if not full or self.denoise_seconds <= 0:
+            return None
+        return sum(full) / len(full) * len(self.step_seconds) / self.denoise_seconds
+
+
+def saved_calls_text(cache: DeltaCache) -> str:
+    """The progress-bar postfix: block calls the cache saved so far."""
+    stats = cache.stats
+    return f"cache saved {stats.skipped_calls}/{stats.total_calls} block calls"
+
+
+def log_cache_profile(logger: logging.Logger, profile: CacheProfile, source: str, num_steps: int) -> None:
+    """Logs the profile in use once at start-up (tag, groups, effective refresh steps, provisional warning)."""
+    logger.info("cache profile %s (%s)", profile.config.tag(), source)
+    for group in profile.config.groups:
+        logger.info("cache group %s: blocks %s, warm-up %d, refresh steps %s", group.name, list(group.cached_blocks),
+                    group.warmup_steps, list(group.refresh_steps(num_steps)))
+    if profile.metadata.get("provisional"):
+        logger.warning("the cache profile is provisional: %s", profile.metadata.get("source"))
+
+
+def log_cache_summary(logger: logging.Logger, cache: DeltaCache, report: GenerationReport, profile: CacheProfile,
+                      stats_path: str | None) -> None:
+    """Logs block calls, ideal and measured speedup and buffer memory; writes the statistics JSON if asked."""
+    measured = report.measured_speedup()
+    for line in cache.stats.summary().splitlines():
+        logger.info(line)
+    logger.info("speedup of the denoising loop: ideal %.3fx, measured %s (full-step time x steps / loop time)",
+                cache.stats.ideal_speedup, f"{measured:.3f}x" if measured else "n/a")
+    if stats_path:
+        data = {"profile_tag": profile.config.tag(), "measured_speedup": measured,
+                "denoise_seconds": report.denoise_seconds, **cache.stats.to_dict()}
+        with open(stats_path, "w") as handle:
+            json.dump(data, handle, indent=2)
