@@ -24,8 +24,12 @@ from common_cache import (
     log_cache_profile,
     log_cache_summary,
 )
+from common_cache.cli import add_teacache_args, teacache_from_args
+from common_cache.teacache import TeaCache, log_teacache_summary, wan_teacache_config
+from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks, shutdown
 from wan.cache_profiles import builtin_profile
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS
+from wan.distributed import check_parallel_args, init_parallel
 from wan.text2video import SAMPLE_SOLVERS, WanT2V
 from wan.utils.utils import cache_video, default_save_file, str2bool
 
@@ -65,6 +69,7 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sample_shift", type=float, default=None, help="Noise schedule shift (default 5.0).")
     parser.add_argument("--sample_guide_scale", type=float, default=5.0, help="Classifier-free guidance scale.")
     add_cache_args(parser)
+    add_teacache_args(parser)
     return parser.parse_args(argv)
 
 
@@ -90,11 +95,7 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--sample_steps {args.sample_steps} is not allowed: expected an integer >= 1")
     if not args.sample_shift > 0:
         raise ValueError(f"--sample_shift {args.sample_shift} is not allowed: expected a number > 0")
-    if args.ulysses_size < 1 or args.ring_size < 1:
-        raise ValueError(f"--ulysses_size {args.ulysses_size} / --ring_size {args.ring_size}: expected integers >= 1")
-    if args.ulysses_size * args.ring_size > 1 or args.t5_fsdp or args.dit_fsdp:
-        raise ValueError("--ulysses_size/--ring_size above 1, --t5_fsdp and --dit_fsdp need several processes "
-                         "(torchrun), which this version does not support yet: run with one process")
+    check_parallel_args(args, config.num_heads)  # on every rank, before any process group exists
     if args.use_prompt_extend:
         raise ValueError("--use_prompt_extend is not available: it needs Qwen weights or the DashScope service; "
                          "pass an already extended --prompt instead")
@@ -123,29 +124,48 @@ def _attach_cache(args: argparse.Namespace, pipeline: WanT2V, profile) -> None:
     log_cache_profile(logging.getLogger(), profile, args.cache_profile or "built-in", args.sample_steps)
 
 
+def _resolve_teacache(args: argparse.Namespace) -> TeaCache | None:
+    """The TeaCache of the run (None without --teacache_thresh); warns when it runs uncalibrated."""
+    teacache = teacache_from_args(args, lambda thresh: wan_teacache_config(args.task, thresh, args.use_ret_steps))
+    if teacache is not None and teacache.config.source.startswith("uncalibrated"):
+        logging.warning("TeaCache is %s", teacache.config.source)
+    return teacache
+
+
 def _summary(args: argparse.Namespace, pipeline: WanT2V, report, profile) -> None:
     logging.info("time: %.1f s in total, %.1f s denoising (%d steps), %.1f s decoding", report.total_seconds,
                  report.denoise_seconds, args.sample_steps, report.decode_seconds)
-    if pipeline.model.block_cache is not None:
+    if isinstance(pipeline.model.block_cache, TeaCache):
+        log_teacache_summary(logging.getLogger(), pipeline.model.block_cache, report, args.cache_stats)
+    elif pipeline.model.block_cache is not None:
         log_cache_summary(logging.getLogger(), pipeline.model.block_cache, report, profile, args.cache_stats)
 
 
-def generate(args: argparse.Namespace) -> str:
-    """Runs one generation and writes the video; returns its path."""
+def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> str | None:
+    """Runs one generation; rank 0 writes the video and returns its path (other ranks return None)."""
+    rank = 0 if sp is None else sp.rank
+    quiet_other_ranks(rank)
     config = WAN_CONFIGS[args.task]
     logging.info("Generation job args: %s", args)
     logging.info("Generation model config: %s", config)
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT.get(args.task, "")
-    offload_model = True if args.offload_model is None else args.offload_model
+    args.base_seed, prompt = broadcast_object((args.base_seed, prompt))  # torchrun: rank 0's seed and prompt
+    offload_model = (sp is None) if args.offload_model is None else args.offload_model
+    teacache = _resolve_teacache(args)
     profile = _resolve_cache_profile(args)
-    pipeline = WanT2V(config=config, checkpoint_dir=args.ckpt_dir, t5_cpu=args.t5_cpu)
+    pipeline = WanT2V(config=config, checkpoint_dir=args.ckpt_dir, rank=rank, t5_cpu=args.t5_cpu,
+                      use_usp=sp is not None, device=None if sp is None else sp.device, sequence_parallel=sp)
     if profile is not None:
         _attach_cache(args, pipeline, profile)
+    if teacache is not None:
+        attach_cache(pipeline.model, teacache)
     logging.info("Generating video ...")
     video, report = pipeline.generate(
         prompt, size=SIZE_CONFIGS[args.size], frame_num=args.frame_num, shift=args.sample_shift,
         sample_solver=args.sample_solver, sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale,
         seed=args.base_seed, offload_model=offload_model)
+    if rank != 0:
+        return None
     save_file = args.save_file or default_save_file(args.task, args.size, args.ulysses_size, args.ring_size, prompt)
     logging.info("Saving generated video to %s", save_file)
     cache_video(video[None], save_file=save_file, fps=config.sample_fps, nrow=1, normalize=True, value_range=(-1, 1))
@@ -159,10 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         _validate_args(args)
-        generate(args)
+        generate(args, init_parallel(args))
     except (ValueError, FileNotFoundError) as err:
         logging.error("%s", err)
         return 2
+    finally:
+        shutdown()
     return 0
 
 

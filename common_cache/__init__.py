@@ -12,6 +12,7 @@ The public API (documented in docs/caching.md):
 
 from common_cache.cli import add_cache_args, cache_profile_from_args, delta_cache_from_args, parse_int_list
 from common_cache.config import CacheConfig, CacheProfile, StreamGroupConfig
+from common_cache.files import atomic_path, load_component
 from common_cache.delta_cache import DeltaCache, attach_cache, detach_cache
 from common_cache.report import (
     GenerationReport,
@@ -20,7 +21,7 @@ from common_cache.report import (
     saved_calls_text,
 )
 from common_cache.plan import CacheUnit, GroupPlan, cache_units, compile_group, step_kinds
-from common_cache.runner import call_block, run_blocks
+from common_cache.runner import call_block, run_blocks, step_context
 from common_cache.schedule import LinearSchedule, StepListSchedule, UniformSchedule, schedule_from_dict
 from common_cache.stats import CacheStats
 
@@ -37,6 +38,7 @@ __all__ = [
     "StreamGroupConfig",
     "UniformSchedule",
     "add_cache_args",
+    "atomic_path",
     "attach_cache",
     "cache_profile_from_args",
     "cache_units",
@@ -44,11 +46,13 @@ __all__ = [
     "compile_group",
     "delta_cache_from_args",
     "detach_cache",
+    "load_component",
     "log_cache_profile",
     "log_cache_summary",
     "parse_int_list",
     "run_blocks",
     "saved_calls_text",
     "schedule_from_dict",
+    "step_context",
     "step_kinds",
 ]

@@ -13,19 +13,26 @@ Flags (snake_case spelling; HunyuanVideo uses the same names with dashes, and ac
 
 Overrides without ``GROUP:`` apply to every group of the profile (a block list only when it has one group).
 Unlike the official ``type=list`` flags, every list can be set from the command line.
+
+TeaCache, the peer baseline, has its own group (:func:`add_teacache_args`): ``--teacache_thresh T`` turns it on,
+``--use_ret_steps`` (Wan2.1) switches to its ``e0`` indicator, ``--teacache_coefficients PATH|LIST`` replaces the
+published polynomial (e.g. with one fitted by scripts/fit_teacache.py). It excludes ``--delta_cache``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
+from collections.abc import Callable
 
 import torch
 
 from common_cache.config import CacheConfig, CacheProfile, StreamGroupConfig
 from common_cache.delta_cache import DeltaCache
 from common_cache.schedule import StepListSchedule, UniformSchedule
+from common_cache.teacache import TeaCache, TeaCacheConfig, load_coefficients
 
 DELTA_DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OVERRIDE_FLAGS = ("cache_blocks", "cache_warmup", "cache_interval", "cache_refresh_steps")
@@ -176,3 +183,72 @@ def delta_cache_from_args(args: argparse.Namespace, profile: CacheProfile) -> De
         delta_dtype=DELTA_DTYPES[args.cache_delta_dtype],
         delta_device="cpu" if args.cache_offload else None,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TeaCache (peer baseline, common_cache/teacache.py)
+
+
+def add_teacache_args(parser: argparse.ArgumentParser, kebab: bool = False,
+                      ret_steps: bool = True) -> argparse._ArgumentGroup:
+    """Adds the TeaCache flags (Wan2.1: ``--teacache_thresh``, ``--use_ret_steps``; HunyuanVideo, ``kebab``:
+    ``--teacache-thresh``), plus ``--teacache_coefficients`` in the same spelling.
+
+    Args:
+        parser: the CLI's parser.
+        kebab: spell the flags with dashes.
+        ret_steps: add ``--use_ret_steps`` (only Wan2.1 has published ret-steps coefficients).
+    """
+
+    def flag(name: str) -> str:
+        return "--" + (name.replace("_", "-") if kebab else name)
+
+    group = parser.add_argument_group("TeaCache (peer baseline; excludes --delta_cache)")
+    group.add_argument(flag("teacache_thresh"), dest="teacache_thresh", type=float, default=None, metavar="T",
+                       help="Enable TeaCache with this threshold on the accumulated rescaled relative L1 "
+                            "(published examples: Wan2.1 1.3B 0.05-0.08, 14B 0.14-0.2; HunyuanVideo 0.1-0.15).")
+    if ret_steps:
+        group.add_argument(flag("use_ret_steps"), dest="use_ret_steps", action="store_true",
+                           help="TeaCache on the modulation input e0 with the first 5 steps forced (official mode).")
+    group.add_argument(flag("teacache_coefficients"), dest="teacache_coefficients", default=None,
+                       metavar="PATH|LIST", help="Polynomial coefficients (highest degree first) replacing the "
+                                                 "published ones: a scripts/fit_teacache.py JSON or a comma list.")
+    return group
+
+
+def _coefficients(text: str, indicator: str) -> tuple[tuple[float, ...], str]:
+    if os.path.isfile(text) or text.endswith(".json"):
+        return load_coefficients(text, indicator), f"fitted ({text})"
+    try:
+        return tuple(float(item) for item in text.split(",")), "user"
+    except ValueError:
+        raise ValueError(f"--teacache_coefficients={text!r} is not allowed: expected a coefficients JSON file or "
+                         "numbers like 2396.77,-1311.11,201.33,-8.30,0.138") from None
+
+
+def teacache_from_args(args: argparse.Namespace,
+                       make_config: Callable[[float], TeaCacheConfig]) -> TeaCache | None:
+    """Builds the TeaCache of a run, or None when ``--teacache_thresh`` is not given.
+
+    Args:
+        args: parsed arguments with the groups of :func:`add_teacache_args` and :func:`add_cache_args`.
+        make_config: the model's settings at a threshold, e.g. ``lambda t: wan_teacache_config(task, t, ret)``.
+
+    Raises:
+        ValueError: TeaCache flags without ``--teacache_thresh``, TeaCache together with the delta cache, bad
+            coefficients.
+        FileNotFoundError: a missing coefficients file.
+    """
+    if args.teacache_thresh is None:
+        used = [name for name in ("use_ret_steps", "teacache_coefficients") if getattr(args, name, None)]
+        if used:
+            raise ValueError(f"{', '.join('--' + n for n in used)} only act with TeaCache on: add --teacache_thresh T")
+        return None
+    if getattr(args, "delta_cache", False) or getattr(args, "cache_profile", None) is not None:
+        raise ValueError("--teacache_thresh and --delta_cache/--cache_profile exclude each other: one cache policy "
+                         "per run")
+    config = make_config(args.teacache_thresh)
+    if args.teacache_coefficients:
+        coefficients, source = _coefficients(args.teacache_coefficients, config.indicator)
+        config = dataclasses.replace(config, coefficients=coefficients, source=source)
+    return TeaCache(config)

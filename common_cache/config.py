@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from common_cache.files import atomic_path
 from common_cache.schedule import Schedule, UniformSchedule, schedule_from_dict
 
 PROFILE_FORMAT = "profilingdit-cache-profile"
@@ -223,18 +223,10 @@ class CacheProfile:
 
     def save(self, path: str) -> str:
         """Writes the profile as JSON, atomically (temporary file in the same folder, then rename)."""
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".profile-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=2)
-                handle.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with atomic_path(path) as temp, open(temp, "w") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+            handle.write("\n")
         return path
 
     @classmethod

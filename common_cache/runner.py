@@ -4,10 +4,15 @@ A model forward hands a stack of blocks to :func:`run_blocks` together with the 
 arguments every block of the stack takes. Without a cache attached this is a plain loop, so the uncached model is
 bit-identical to one that loops over its blocks itself. With a cache attached, the cache decides per step and block
 whether to run the block, skip it, or add a stored residual.
+
+A forward may also hand the cache named *signals* (``cache_signals={"e": e}``): tensors, or zero-argument callables
+that compute one on demand, that a policy such as TeaCache needs to decide. They are never passed to the blocks,
+and with no cache (or a cache that takes no signals) a callable is never called.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -16,12 +21,21 @@ import torch
 # A stream carries one hidden state (Wan blocks, HunyuanVideo single-stream blocks) or a tuple of them
 # (HunyuanVideo double-stream blocks: image and text state).
 States = torch.Tensor | tuple[torch.Tensor, ...]
+# A cache signal: a tensor, or a zero-argument callable returning one (evaluated only by a cache that uses it).
+Signal = torch.Tensor | Callable[[], torch.Tensor]
+SIGNALS_KEYWORD = "cache_signals"  # reserved keyword of run_blocks: never forwarded to the blocks
 
 
 class StackRunner(Protocol):
     """What a cache attached to a model must provide: one call per block stack and forward."""
 
     def run(self, group: str, blocks: Sequence[Callable[..., Any]], states: States, kwargs: dict) -> States: ...
+
+
+class SignalReceiver(Protocol):
+    """Optional for a cache: receives the forward's signals before :meth:`StackRunner.run` of the same group."""
+
+    def receive_signals(self, group: str, signals: dict[str, Signal]) -> None: ...
 
 
 def call_block(block: Callable[..., Any], states: States, kwargs: dict) -> States:
@@ -46,13 +60,22 @@ def run_blocks(
         blocks: the blocks in execution order (usually an ``nn.ModuleList``).
         states: the hidden state entering the first block, or a tuple of states for multi-stream blocks. Each block
             returns the same structure.
-        **kwargs: arguments passed unchanged to every block (conditioning, RoPE tables, lengths, ...).
+        **kwargs: arguments passed unchanged to every block (conditioning, RoPE tables, lengths, ...), except the
+            reserved ``cache_signals``: a dict of named signals for the cache (see :class:`SignalReceiver`).
 
     Returns:
         The state(s) leaving the last block.
     """
+    signals = kwargs.pop(SIGNALS_KEYWORD, None)
     if cache is None:
         for block in blocks:
             states = call_block(block, states, kwargs)
         return states
+    if signals and hasattr(cache, "receive_signals"):
+        cache.receive_signals(group, signals)
     return cache.run(group, blocks, states, kwargs)
+
+
+def step_context(cache, index: int, branch: str):
+    """``cache.step(index, branch)`` when a cache is attached, else a no-op context (for pipelines)."""
+    return cache.step(index, branch) if cache is not None else contextlib.nullcontext()

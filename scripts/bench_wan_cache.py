@@ -43,8 +43,8 @@ def random_model(dim: int, heads: int, layers: int, text_dim: int) -> WanModel:
     return model.eval().requires_grad_(False)
 
 
-def denoise(model: WanModel, latent_shape, steps: int, seed: int = 0) -> tuple[float, torch.Tensor]:
-    """One generation's denoising loop (the pipeline's, with CFG 5). Returns (seconds, final latent)."""
+def denoise(model: WanModel, latent_shape, steps: int, seed: int = 0) -> tuple[float, float, torch.Tensor]:
+    """One generation's denoising loop (the pipeline's, with CFG 5). Returns (wall s, CPU s, final latent)."""
     generator = torch.Generator().manual_seed(seed)
     latent = torch.randn(*latent_shape, generator=generator)
     context = [torch.randn(24, model.text_dim, generator=generator)]
@@ -53,7 +53,7 @@ def denoise(model: WanModel, latent_shape, steps: int, seed: int = 0) -> tuple[f
     scheduler = FlowUniPCMultistepScheduler(shift=1)
     scheduler.set_timesteps(steps, shift=5.0)
     cache = model.block_cache
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if cache is not None:
         cache.begin(steps)
     for index, t in enumerate(scheduler.timesteps):
@@ -67,7 +67,7 @@ def denoise(model: WanModel, latent_shape, steps: int, seed: int = 0) -> tuple[f
                     preds.append(model([latent], t=timestep, context=ctx, seq_len=seq_len)[0])
         guided = preds[1] + 5.0 * (preds[0] - preds[1])
         latent = scheduler.step(guided[None], t, latent[None], return_dict=False)[0][0]
-    return time.perf_counter() - start, latent
+    return time.perf_counter() - start, time.process_time() - cpu_start, latent
 
 
 def main() -> None:
@@ -83,7 +83,10 @@ def main() -> None:
     model = random_model(args.dim, args.heads, args.layers, text_dim=args.dim)
     cached_blocks = scaled_paper_blocks(args.layers)
     cache = DeltaCache(CacheConfig((StreamGroupConfig("blocks", args.layers, cached_blocks, 6, UniformSchedule(6)),)))
+    # Wall time, and this process's CPU time (far less disturbed by other jobs on a shared machine when the run is
+    # single-threaded: OMP_NUM_THREADS=1).
     times: dict[str, list[float]] = {"full": [], "cached": []}
+    cpu_times: dict[str, list[float]] = {"full": [], "cached": []}
     latents = {}
     with torch.inference_mode():
         for repeat in range(args.repeats + 1):  # round 0 is the warm-up, excluded
@@ -91,19 +94,23 @@ def main() -> None:
                 model.block_cache = None
                 if mode == "cached":
                     attach_cache(model, cache)
-                seconds, latents[mode] = denoise(model, args.latent, args.steps)
+                seconds, cpu_seconds, latents[mode] = denoise(model, args.latent, args.steps)
                 if repeat:
                     times[mode].append(seconds)
-    full, cached = statistics.median(times["full"]), statistics.median(times["cached"])
+                    cpu_times[mode].append(cpu_seconds)
     tokens = args.latent[1] * args.latent[2] * args.latent[3] // 4
     rel_err = ((latents["cached"] - latents["full"]).norm() / latents["full"].norm()).item()
     print(f"WanModel dim {args.dim} ({args.heads} heads), {args.layers} blocks, {tokens} tokens, fp32, "
           f"{args.steps} UniPC steps x 2 branches, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"cached blocks ({len(cached_blocks)} of {args.layers}): {list(cached_blocks)}; warm-up 6, interval 6")
-    print(f"  full   {full:8.2f} s   runs: {', '.join(f'{t:.2f}' for t in times['full'])}")
-    print(f"  cached {cached:8.2f} s   runs: {', '.join(f'{t:.2f}' for t in times['cached'])}")
-    print(f"speedup: measured {full / cached:.3f}x, ideal {cache.stats.ideal_speedup:.3f}x "
-          f"({full / cached / cache.stats.ideal_speedup:.1%} of ideal); final-latent relative error {rel_err:.2e}")
+    for clock, samples in (("wall", times), ("cpu", cpu_times)):
+        full, cached = statistics.median(samples["full"]), statistics.median(samples["cached"])
+        for mode in samples:
+            print(f"  [{clock}] {mode:<6} {statistics.median(samples[mode]):8.2f} s   runs: "
+                  f"{', '.join(f'{t:.2f}' for t in samples[mode])}")
+        print(f"[{clock}] speedup: measured {full / cached:.3f}x, ideal {cache.stats.ideal_speedup:.3f}x "
+              f"({full / cached / cache.stats.ideal_speedup:.1%} of ideal)")
+    print(f"final-latent relative error cached vs full: {rel_err:.2e}")
     print(f"cache buffers: peak {cache.stats.peak_buffer_bytes / 2**20:.1f} MiB (both branches)")
 
 

@@ -145,7 +145,7 @@ def test_builtin_profile_for_another_depth_is_refused(ckpt_dir, tmp_path):
         (["--size", "832*480"], "--size 832*480 is not supported by task t2v-tiny: allowed 64*64"),
         (["--frame_num", "6"], "--frame_num 6 is not allowed: expected 4n+1"),
         (["--sample_steps", "0"], "--sample_steps 0 is not allowed"),
-        (["--ulysses_size", "2"], "need several processes"),
+        (["--ulysses_size", "2"], "does not match the one process launched (WORLD_SIZE=1): run with torchrun"),
         (["--cache_interval", "3"], "--cache_interval only act with the cache on"),
         (["--cache_profile", "PROFILE", "--cache_warmup", "9"], "warmup_steps=9 is not allowed for a run of 8 steps"),
         (["--cache_profile", "PROFILE", "--cache_blocks", f"3,{DEPTH}"],

@@ -121,7 +121,7 @@ def test_failure_mid_write_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="injected"):
         cache_video(gradient_video(), str(save_file))
     assert len(seen_paths) == 1 and os.path.dirname(seen_paths[0]) == str(tmp_path)
-    assert os.path.basename(seen_paths[0]).startswith(".clip.mp4.") and seen_paths[0].endswith(".mp4")
+    assert os.path.basename(seen_paths[0]).startswith(".clip.") and seen_paths[0].endswith(".partial.mp4")
     assert os.listdir(tmp_path) == ["clip.mp4"] and save_file.read_bytes() == b"previous video"
 
 

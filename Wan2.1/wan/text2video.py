@@ -21,8 +21,9 @@ import time
 import torch
 from tqdm import tqdm
 
-from common_cache import GenerationReport, saved_calls_text
+from common_cache import GenerationReport, load_component, saved_calls_text, step_context
 
+from .distributed import parallelize_wan_model
 from .modules.checkpoint import load_wan_model
 from .modules.t5 import T5EncoderModel
 from .modules.vae import WanVAE
@@ -67,16 +68,22 @@ class WanT2V:
         checkpoint_dir: the official checkpoint folder.
         device_id: CUDA device index (ignored on a machine without CUDA).
         rank: process rank (only rank 0 decodes).
-        t5_fsdp, dit_fsdp, use_usp: multi-GPU options (refused by generate.py until sequence parallelism lands).
+        t5_fsdp, dit_fsdp: FSDP weight sharding (not supported: refused).
+        use_usp: sequence parallelism (Ulysses / ring) over the processes of ``sequence_parallel``.
         t5_cpu: keep the T5 encoder on the CPU.
         device: force a device (default: cuda:device_id when available, else cpu).
+        sequence_parallel: the engine from ``wan.distributed.init_parallel`` (needed with ``use_usp``).
     """
 
     def __init__(self, config, checkpoint_dir: str, device_id: int = 0, rank: int = 0, t5_fsdp: bool = False,
                  dit_fsdp: bool = False, use_usp: bool = False, t5_cpu: bool = False,
-                 device: torch.device | str | None = None):
-        if t5_fsdp or dit_fsdp or use_usp:
-            raise ValueError("t5_fsdp, dit_fsdp and use_usp need several processes, which are not supported yet")
+                 device: torch.device | str | None = None, sequence_parallel=None):
+        if t5_fsdp or dit_fsdp:
+            raise ValueError("t5_fsdp and dit_fsdp (FSDP weight sharding) are not supported: every process holds "
+                             "the whole model")
+        if use_usp and sequence_parallel is None:
+            raise ValueError("use_usp=True needs sequence_parallel, the engine from wan.distributed.init_parallel() "
+                             "(run under torchrun)")
         self.config = config
         self.rank = rank
         self.t5_cpu = t5_cpu
@@ -92,14 +99,16 @@ class WanT2V:
         # fp32 everywhere on a CPU; the official dtypes (bf16 T5 and autocast) on an accelerator.
         t5_dtype = torch.float32 if self.on_cpu else config.t5_dtype
         t5_path = os.path.join(checkpoint_dir, config.t5_checkpoint)
-        self.text_encoder = _load_component("T5 encoder", t5_path, lambda: T5EncoderModel(
+        self.text_encoder = load_component("T5 encoder", t5_path, lambda: T5EncoderModel(
             text_len=config.text_len, dtype=t5_dtype, device=torch.device("cpu"), checkpoint_path=t5_path,
             tokenizer_path=os.path.join(checkpoint_dir, config.t5_tokenizer)))
         vae_path = os.path.join(checkpoint_dir, config.vae_checkpoint)
-        self.vae = _load_component("VAE", vae_path, lambda: WanVAE(vae_pth=vae_path, device=self.device))
+        self.vae = load_component("VAE", vae_path, lambda: WanVAE(vae_pth=vae_path, device=self.device))
         logging.info("Creating WanModel from %s", checkpoint_dir)
-        self.model = _load_component("DiT weights", checkpoint_dir, lambda: load_wan_model(
+        self.model = load_component("DiT weights", checkpoint_dir, lambda: load_wan_model(
             checkpoint_dir, device="cpu", expected_config=config)).requires_grad_(False)
+        if use_usp:
+            parallelize_wan_model(self.model, sequence_parallel)
         self.param_dtype = torch.float32 if self.on_cpu else config.param_dtype
 
     # ------------------------------------------------------------------------------------------------------------
@@ -184,9 +193,9 @@ class WanT2V:
             for index, t in enumerate(timesteps):
                 step_start = time.perf_counter()
                 timestep = torch.stack([t])
-                with _cache_step(cache, index, "cond"):
+                with step_context(cache, index, "cond"):
                     noise_pred_cond = self.model([latent], t=timestep, context=context, seq_len=seq_len)[0]
-                with _cache_step(cache, index, "uncond"):
+                with step_context(cache, index, "uncond"):
                     noise_pred_uncond = self.model([latent], t=timestep, context=context_null, seq_len=seq_len)[0]
                 noise_pred = noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond)
                 latent = scheduler.step(noise_pred.unsqueeze(0), t, latent.unsqueeze(0), return_dict=False,
@@ -210,17 +219,3 @@ class WanT2V:
             gc.collect()
         report.total_seconds = time.perf_counter() - start
         return video, report
-
-
-def _load_component(what: str, path: str, load):
-    """Runs a loader; a corrupt or truncated file surfaces as a clear ValueError naming the file."""
-    try:
-        return load()
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as err:  # torch.load / safetensors raise library-specific errors for damaged files
-        raise ValueError(f"{what} at {path} could not be read (corrupt or incomplete file?): {err}") from err
-
-
-def _cache_step(cache, index: int, branch: str):
-    return cache.step(index, branch) if cache is not None else contextlib.nullcontext()

@@ -10,6 +10,8 @@ dtype (bf16 officially) except `final_layer.linear` (fp32), the caller wrapping 
 The block stacks run through `common_cache.run_blocks`, which is a plain loop while `block_cache` is None.
 """
 
+import functools
+
 import torch
 import torch.nn as nn
 
@@ -150,6 +152,11 @@ class MMDoubleStreamBlock(nn.Module):
         img = _gated_residuals(img, img_attn, img_mods, self.img_attn_proj, self.img_norm2, self.img_mlp)
         txt = _gated_residuals(txt, txt_attn, txt_mods, self.txt_attn_proj, self.txt_norm2, self.txt_mlp)
         return img, txt
+
+    def modulated_image_input(self, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """TeaCache's indicator: the image tokens after norm1 and the first shift/scale. [B, N_img, C]."""
+        shift1, scale1 = self.img_mod(vec).chunk(6, dim=-1)[:2]
+        return modulate(self.img_norm1(img), shift=shift1, scale=scale1)
 
 
 def _modulated_qkv(x, mods, norm1, qkv_proj, q_norm, k_norm, heads_num: int):
@@ -394,7 +401,10 @@ class HYVideoDiffusionTransformer(nn.Module):
             "segments": TextSegments.from_mask(text_mask, txt.shape[0], txt.shape[1]),
             "freqs_cis": self._rope_tables(freqs_cos, freqs_sin, img),
         }
-        img, txt = run_blocks(self.block_cache, "double", self.double_blocks, (img, txt), **kwargs)
+        # TeaCache's indicator, computed only by a cache that asks for it (run_blocks never passes it to the blocks).
+        signals = {"modulated_input": functools.partial(self.double_blocks[0].modulated_image_input, img, vec)}
+        img, txt = run_blocks(self.block_cache, "double", self.double_blocks, (img, txt), cache_signals=signals,
+                              **kwargs)
         x = torch.cat((img, txt), 1)  # [B, N_img + N_txt, C]
         x = run_blocks(self.block_cache, "single", self.single_blocks, x, **kwargs)
         img = x[:, : img.shape[1]]  # [B, N_img, C]

@@ -4,7 +4,7 @@ Not an upstream config: the architecture is Wan2.1's (same modules, keys, sample
 down so that it trains and runs on a CPU. The checkpoint folder it loads by default is ``Wan2.1-T2V-tiny/`` next
 to generate.py; tests write random weights of the same architecture into temporary folders.
 
-Sizes: 64x64 pixels, 17 frames (latent 16 x 5 x 8 x 8, 80 tokens); 12 blocks of width 128 (4 heads of 32);
+Sizes: 64x64 pixels, 17 frames (latent 16 x 5 x 8 x 8, 80 tokens); 12 blocks of width 128 (4 heads of 32, MLP 384);
 a small umT5 encoder of width 128 with prompts padded to 32 tokens; a Wan VAE of base width 32 with the official
 16-channel latent (its latent statistics are folded into its 1x1x1 quant convs, so the official mean/std apply).
 """
@@ -30,7 +30,7 @@ t2v_tiny.vae_stride = (4, 8, 8)
 
 # transformer (4 heads of 32)
 t2v_tiny.dim = 128
-t2v_tiny.ffn_dim = 512
+t2v_tiny.ffn_dim = 384
 t2v_tiny.num_heads = 4
 t2v_tiny.num_layers = 12
 t2v_tiny.text_dim = 128
@@ -39,4 +39,5 @@ t2v_tiny.text_dim = 128
 t2v_tiny.default_size = "64*64"
 t2v_tiny.frame_num = 17
 t2v_tiny.sample_fps = 8
-t2v_tiny.sample_neg_prompt = ""
+t2v_tiny.sample_neg_prompt = ""  # the unconditional branch is the empty caption, as trained (caption dropout)
+t2v_tiny.sample_shift = 3.0  # the shift of the training timestep distribution (wan/tiny/recipe.py)

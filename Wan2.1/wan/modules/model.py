@@ -91,13 +91,17 @@ def build_rope_table(head_dim: int) -> torch.Tensor:
     return torch.cat([rope_params(ROPE_MAX_POSITIONS, 2 * cols) for cols in rope_axis_split(head_dim)], dim=1)
 
 
-def rope_apply(x: torch.Tensor, grid_sizes: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+def rope_apply(
+    x: torch.Tensor, grid_sizes: torch.Tensor, freqs: torch.Tensor, token_offset: int = 0
+) -> torch.Tensor:
     """Rotates the first ``f*h*w`` tokens of every sample by its 3D position; padding tokens pass through.
 
     Args:
-        x: queries or keys ``[B, L, N, D]``.
+        x: queries or keys ``[B, L, N, D]``: tokens ``token_offset .. token_offset + L - 1`` of every sequence.
         grid_sizes: ``[B, 3]`` latent grid (frames, height, width) after patching.
         freqs: RoPE table ``[1024, D // 2]`` complex128 on the device of ``x``.
+        token_offset: global index of the first token of ``x``: 0 for a whole sequence, the start of this
+            process's chunk under sequence parallelism (rotations always follow global positions).
 
     Returns:
         ``[B, L, N, D]`` float32 (rotation in float64, as upstream).
@@ -106,16 +110,12 @@ def rope_apply(x: torch.Tensor, grid_sizes: torch.Tensor, freqs: torch.Tensor) -
     table_f, table_h, table_w = freqs.split(rope_axis_split(2 * half), dim=1)
     rotated = []
     for i, (f, h, w) in enumerate(grid_sizes.tolist()):
-        n = f * h * w
+        n = min(max(f * h * w - token_offset, 0), x.shape[1])  # tokens of x inside the grid
         pairs = torch.view_as_complex(x[i, :n].to(torch.float64).reshape(n, heads, half, 2))  # [n, N, D/2]
+        position = torch.arange(token_offset, token_offset + n, device=freqs.device)  # global, (f, h, w) order
         angles = torch.cat(
-            [
-                table_f[:f].view(f, 1, 1, -1).expand(f, h, w, -1),
-                table_h[:h].view(1, h, 1, -1).expand(f, h, w, -1),
-                table_w[:w].view(1, 1, w, -1).expand(f, h, w, -1),
-            ],
-            dim=-1,
-        ).reshape(n, 1, half)  # [n, 1, D/2]
+            [table_f[position // (h * w)], table_h[position // w % h], table_w[position % w]], dim=-1
+        ).unsqueeze(1)  # [n, 1, D/2]
         sample = torch.view_as_real(pairs * angles).flatten(2)  # [n, N, D] float64
         rotated.append(torch.cat([sample, x[i, n:].to(torch.float64)]))
     return torch.stack(rotated).float()
@@ -167,6 +167,13 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+        # Profiling seam (wan/profiling.py): called as probe(q, k, seq_lens, grid_sizes) with the exact queries and
+        # keys the attention kernel gets. A plain attribute, None outside profiling (one `is None` test per call).
+        self.attention_probe = None
+        # Sequence-parallel seams (wan/distributed): the self-attention kernel (the signature of `attention`), and
+        # which chunk of x.shape[1] tokens of every sequence this process holds (RoPE uses global positions).
+        self.attention_kernel = attention
+        self.shard_index = 0
 
     def forward(self, x, seq_lens, grid_sizes, freqs):
         """
@@ -183,13 +190,11 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(self.q(x)).view(b, s, n, d)  # [B, L, N, D]
         k = self.norm_k(self.k(x)).view(b, s, n, d)
         v = self.v(x).view(b, s, n, d)
-        out = attention(
-            rope_apply(q, grid_sizes, freqs),
-            rope_apply(k, grid_sizes, freqs),
-            v,
-            k_lens=seq_lens,
-            window_size=self.window_size,
-        )
+        offset = self.shard_index * s
+        q, k = rope_apply(q, grid_sizes, freqs, offset), rope_apply(k, grid_sizes, freqs, offset)  # fp32
+        if self.attention_probe is not None:
+            self.attention_probe(q, k, seq_lens, grid_sizes)
+        out = self.attention_kernel(q, k, v, k_lens=seq_lens, window_size=self.window_size)
         return self.o(out.flatten(2))  # [B, L, C]
 
 
@@ -404,6 +409,7 @@ class WanModel(nn.Module):
             "blocks",
             self.blocks,
             tokens,
+            cache_signals={"e": e, "e0": e0},  # TeaCache indicators; run_blocks never passes them to the blocks
             e=e0,
             seq_lens=seq_lens,
             grid_sizes=grid_sizes,

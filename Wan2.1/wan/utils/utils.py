@@ -11,11 +11,12 @@ import argparse
 import math
 import os
 import sys
-import uuid
 from datetime import datetime
 
 import imageio
 import torch
+
+from common_cache import atomic_path
 
 __all__ = ["str2bool", "cache_video", "video_to_frames", "make_frame_grid", "default_save_file"]
 
@@ -146,16 +147,8 @@ def cache_video(tensor, save_file, fps=16, nrow=1, normalize=True, value_range=(
         raise FileNotFoundError(
             f"cache_video: output folder {folder!r} of save_file {save_file!r} does not exist"
         )
-    # Same folder (so os.replace is an atomic rename), hidden, and ending in the real extension (ffmpeg picks
-    # the container from it).
-    temp_file = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial{extension}")
-    try:
+    with atomic_path(save_file) as temp_file:
         _write_frames(temp_file, frames, fps)
-        os.replace(temp_file, save_file)
-    except BaseException:
-        if os.path.exists(temp_file):
-            os.remove(temp_file)
-        raise
     return save_file
 
 

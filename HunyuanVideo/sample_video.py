@@ -1,0 +1,147 @@
+"""HunyuanVideo text-to-video command line, with ProfilingDiT block caching (``--delta_cache``).
+
+References: Tencent/HunyuanVideo sample_video.py (flow: parse, load, predict, save with the official name).
+
+    python3 sample_video.py --video-size 720 1280 --video-length 129 --infer-steps 50 --prompt "..." \
+        --flow-reverse --use-cpu-offload --save-path ./results --seed 42 --delta_cache
+
+Every check runs before anything is loaded, as far as the inputs allow: the arguments, the cache profile against
+the official depths and the step count, and the presence of every checkpoint piece. Errors are logged and end the
+run with exit code 2, with no output file written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+import time
+
+import torch
+
+from common_cache import (
+    attach_cache,
+    cache_profile_from_args,
+    delta_cache_from_args,
+    log_cache_profile,
+    log_cache_summary,
+)
+from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks, shutdown
+from hyvideo.cache_profiles import builtin_profile
+from hyvideo.config import parse_args
+from hyvideo.inference import (SEED_RANGE, HunyuanVideoSampler, RunPrecisions, check_checkpoint_pieces,
+                               load_transformer, model_base)
+from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG
+from hyvideo.parallel import init_parallel, parallelize_transformer
+from hyvideo.utils.file_utils import save_videos_grid, video_file_name
+
+logger = logging.getLogger("sample_video")
+
+
+def _init_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s",
+                        handlers=[logging.StreamHandler(stream=sys.stdout)])
+
+
+def resolve_cache_profile(args: argparse.Namespace):
+    """The run's cache profile (None when the cache is off), checked against the official depths of ``--model``
+    (unless ``--dit-config`` defines another architecture: then after the DiT is loaded) and the step count."""
+    profile = cache_profile_from_args(args, builtin_profile(args.model), f"--model {args.model}")
+    if profile is None:
+        return None
+    if args.dit_config is None:
+        config = HUNYUAN_VIDEO_CONFIG[args.model]
+        profile.config.check_depths({"double": config["mm_double_blocks_depth"],
+                                     "single": config["mm_single_blocks_depth"]})
+    for group in profile.config.groups:
+        group.refresh_steps(args.infer_steps)
+    return profile
+
+
+def attach_cache_to(args: argparse.Namespace, transformer: torch.nn.Module, profile) -> None:
+    """Builds the run-time cache from the profile and the storage flags; logs its configuration once."""
+    attach_cache(transformer, delta_cache_from_args(args, profile))
+    log_cache_profile(logger, profile, args.cache_profile or "built-in", args.infer_steps)
+
+
+def summarize(args: argparse.Namespace, transformer: torch.nn.Module, report, profile, load_seconds: float) -> None:
+    """End-of-run summary: times, and with the cache the block calls, ideal and measured speedup, buffer memory."""
+    logger.info("time: %.1f s loading, %.1f s generating (%.1f s denoising %d steps, %.1f s decoding)",
+                load_seconds, report.total_seconds, report.denoise_seconds, args.infer_steps, report.decode_seconds)
+    if transformer.block_cache is not None:
+        log_cache_summary(logger, transformer.block_cache, report, profile, args.cache_stats)
+
+
+def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None = None) -> HunyuanVideoSampler:
+    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the cache attached),
+    then the other components."""
+    root = model_base(args)
+    paths = check_checkpoint_pieces(args, root)
+    device = sp.device if sp is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = RunPrecisions.from_args(args, device)
+    if device.type == "cpu":
+        logger.info("running on the CPU: every component in fp32 (--precision %s, --text-encoder-precision %s, "
+                    "--vae-precision %s apply on CUDA only)", args.precision, args.text_encoder_precision,
+                    args.vae_precision)
+    transformer = load_transformer(args, paths["dit_weight"], device, precisions.dit)
+    if sp is not None:
+        parallelize_transformer(transformer, sp)  # refuses a head count the Ulysses degree does not divide
+    if profile is not None:
+        attach_cache_to(args, transformer, profile)  # refuses a profile made for another depth
+    return HunyuanVideoSampler.from_pretrained(root, args, device=device, transformer=transformer)
+
+
+def save_samples(args: argparse.Namespace, outputs: dict) -> list[str]:
+    """Writes each video with the official name into ``--save-path`` (``_{--save-path-suffix}``)."""
+    save_path = args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}"
+    paths = []
+    for sample, seed, prompt in zip(outputs["samples"], outputs["seeds"], outputs["prompts"]):
+        path = save_videos_grid(sample[None], video_file_name(save_path, seed, prompt), fps=24)
+        logger.info("Sample save to: %s", path)
+        paths.append(path)
+    return paths
+
+
+def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> list[str]:
+    """Runs one generation; rank 0 writes the videos and returns their paths (other ranks: an empty list)."""
+    rank = 0 if sp is None else sp.rank
+    quiet_other_ranks(rank)
+    logger.info("Generation job args: %s", args)
+    if sp is not None:  # every rank must draw the same noise for the same prompt: rank 0's values win
+        args.seed = random.randint(0, SEED_RANGE) if args.seed is None else args.seed
+        args.seed, args.prompt, args.neg_prompt = broadcast_object((args.seed, args.prompt, args.neg_prompt))
+    profile = resolve_cache_profile(args)
+    if args.save_path_suffix == "" and os.path.isfile(args.save_path):
+        raise ValueError(f"--save-path {args.save_path} is a file: expected a folder (created if missing)")
+    start = time.perf_counter()
+    sampler = load_sampler(args, profile, sp)
+    load_seconds = time.perf_counter() - start
+    outputs = sampler.predict(
+        prompt=args.prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,
+        seed=args.seed, negative_prompt=args.neg_prompt, infer_steps=args.infer_steps, guidance_scale=args.cfg_scale,
+        num_videos_per_prompt=args.num_videos, flow_shift=args.flow_shift, batch_size=args.batch_size,
+        embedded_guidance_scale=args.embedded_cfg_scale, progress=rank == 0, decode=rank == 0)
+    if rank != 0:
+        return []
+    paths = save_samples(args, outputs)
+    summarize(args, sampler.model, outputs["report"], profile, load_seconds)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    _init_logging()
+    try:
+        args = parse_args(argv)  # checks every value on every rank before any process group exists
+        generate(args, init_parallel(args))
+    except (ValueError, FileNotFoundError) as err:
+        logger.error("%s", err)
+        return 2
+    finally:
+        shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Wan2.1 adapter of the ProfilingDiT profiler: where the statistics are captured, and a prompt loop.
+
+Not an upstream module (the official release has no profiling code, method.md section 0).
+
+Capture points, all installed by :class:`WanProfiling` for the duration of a ``with`` block and removed after it
+(outside it the model is untouched: the probe attribute is None and no hook is registered):
+
+* ``WanSelfAttention.attention_probe`` of every block receives the queries and keys the attention kernel gets
+  (after q/k-norm and RoPE); the attention each token receives is computed from them chunk-wise
+  (:func:`common_cache.profiling.received_attention`), over the valid (unpadded) tokens, and split into latent
+  frames.
+* A forward hook on :class:`WanModel` takes each branch's velocity prediction v and forms the clean estimate
+  ``x0 = x_t - sigma * v`` (flow matching, ``sigma = t / num_train_timesteps``).
+* The :class:`ProfilingRecorder` is attached as the model's block cache, so :meth:`WanT2V.generate` (unchanged)
+  tells it the step index and guidance branch; the branches are combined with classifier-free guidance exactly as
+  the sampler does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from common_cache import attach_cache, detach_cache
+from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
+
+from .modules.model import WanModel
+
+
+def classifier_free_guidance(guide_scale: float):
+    """Combines the ``cond``/``uncond`` branch outputs as :meth:`WanT2V.generate` does: u + g (c - u)."""
+
+    def combine(outputs):
+        if set(outputs) == {"cond"} or set(outputs) == {"uncond"}:
+            return next(iter(outputs.values()))
+        if set(outputs) != {"cond", "uncond"}:
+            raise RuntimeError(f"expected the branches cond and uncond, got {sorted(outputs)}")
+        (cond, cond_clean), (uncond, uncond_clean) = outputs["cond"], outputs["uncond"]
+        guided = uncond + guide_scale * (cond - uncond)
+        clean = None if cond_clean is None else uncond_clean + guide_scale * (cond_clean - uncond_clean)
+        return guided, clean
+
+    return combine
+
+
+class WanProfiling:
+    """Context manager that profiles every generation of ``model`` run inside it.
+
+    Args:
+        model: the DiT (``pipeline.model``); it must have no cache attached.
+        recorder: collects the statistics (its ``combine`` should be :func:`classifier_free_guidance`).
+        num_train_timesteps: timestep -> sigma (Wan: 1000).
+        query_chunk / key_chunk: tile sizes of the received-attention computation.
+    """
+
+    def __init__(self, model: WanModel, recorder: ProfilingRecorder, num_train_timesteps: int = 1000,
+                 query_chunk: int = 256, key_chunk: int | None = None):
+        self.model = model
+        self.recorder = recorder
+        self.num_train_timesteps = num_train_timesteps
+        self.query_chunk = query_chunk
+        self.key_chunk = key_chunk
+        self._hook = None
+
+    def __enter__(self) -> WanProfiling:
+        if self.model.block_cache is not None:
+            raise ValueError("the model already has a block cache attached: profile the uncached model")
+        attach_cache(self.model, self.recorder)
+        for block in self.model.blocks:
+            block.self_attn.attention_probe = self._on_attention
+        self._hook = self.model.register_forward_hook(self._on_output, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for block in self.model.blocks:
+            block.self_attn.attention_probe = None
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        detach_cache(self.model)
+
+    def _on_attention(self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor, grid_sizes: torch.Tensor):
+        if self.recorder.current_block is None:
+            return
+        with torch.no_grad():
+            received = received_attention(q, k, key_lens=seq_lens, query_lens=seq_lens,
+                                          query_chunk=self.query_chunk, key_chunk=self.key_chunk)  # [B, L]
+        per_sample = []
+        for b, (f, h, w) in enumerate(grid_sizes.tolist()):
+            per_sample.append(split_frames(received[b], f, h * w))  # [T, P]
+        if any(s.shape != per_sample[0].shape for s in per_sample):
+            raise ValueError("profiling needs every sample of a batch to have the same latent grid")
+        self.recorder.record_attention(torch.stack(per_sample).mean(dim=0))
+
+    def _on_output(self, module, args, kwargs, output):
+        latents = args[0] if args else kwargs["x"]
+        t = kwargs["t"] if "t" in kwargs else args[1]
+        if len(latents) != 1:
+            raise ValueError(
+                f"profiling expects one latent per forward (as WanT2V.generate calls it), got {len(latents)}"
+            )
+        sigma = t.reshape(-1)[0].double().item() / self.num_train_timesteps
+        prediction = output[0].float()  # [C, T, H, W] velocity
+        clean = latents[0].float() - sigma * prediction
+        self.recorder.record_prediction(prediction, clean)
+
+
+def profile_prompts(
+    pipeline,
+    recorder: ProfilingRecorder,
+    prompts: Sequence[str],
+    generate_kwargs: dict,
+    base_seed: int = 0,
+    on_prompt_done: Callable[[int, ProfileStatistics], None] | None = None,
+    skip: int = 0,
+    query_chunk: int = 256,
+) -> ProfileStatistics:
+    """Generates one video per prompt with profiling on; seeds are ``base_seed + prompt index``.
+
+    Args:
+        pipeline: a :class:`wan.text2video.WanT2V`.
+        recorder: the recorder (may already hold statistics of earlier prompts, when resuming).
+        prompts: all profiling prompts.
+        generate_kwargs: size, frame_num, shift, sample_solver, sampling_steps, guide_scale, n_prompt, ...
+        base_seed: seed of prompt 0.
+        on_prompt_done: called after each prompt with its index and the statistics so far (e.g. to save them).
+        skip: prompts already profiled (resume): they are not run again.
+        query_chunk: query rows per tile of the received-attention computation.
+
+    Returns:
+        The statistics over all prompts.
+    """
+    with WanProfiling(pipeline.model, recorder, pipeline.num_train_timesteps, query_chunk=query_chunk):
+        for index in range(skip, len(prompts)):
+            recorder.prompt_index = index
+            pipeline.generate(prompts[index], seed=base_seed + index, progress=False, offload_model=False,
+                              **generate_kwargs)
+            statistics = recorder.end()
+            statistics.prompts.append(prompts[index])
+            if on_prompt_done is not None:
+                on_prompt_done(index, statistics)
+    return recorder.statistics

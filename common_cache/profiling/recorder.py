@@ -1,0 +1,270 @@
+"""The run-time side of profiling: a stand-in for the block cache that watches instead of skipping.
+
+:class:`ProfilingRecorder` speaks the cache protocol of :class:`common_cache.DeltaCache` (``bind``, ``begin``,
+``step``, ``run``, ``stats``), so it is attached with :func:`common_cache.attach_cache` and the unchanged pipeline
+tells it the step index and guidance branch of every forward. ``run`` executes every block (a plain loop) and
+keeps track of which block is running; a model adapter (``wan/profiling.py``, ``hyvideo/profiling.py``) feeds it
+
+* the attention each token received in the current block (:meth:`record_attention`), computed at the model's
+  attention entry point, and
+* the model output of the current branch (:meth:`record_prediction`).
+
+``run`` also measures, model-independently, how much each block's residual (output minus input) changed since the
+previous step of the same branch (``delta_change``: the error a cache reusing that residual would make). The
+residuals are compared through a fixed random projection to ``sketch_width`` channels per token, so only a small
+sketch per block and branch is kept between steps.
+
+When a step is over (the next step starts or the generation ends), the branch outputs are combined into the
+prediction that drives the sampler, the mask provider turns it into a foreground mask, and each recorded block
+becomes one R_attn / lift record of :class:`ProfileStatistics`; the raw per-token vectors are then dropped, so
+memory stays at one step's worth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from common_cache.profiling.masks import MaskProvider, StepView, pool_to_tokens
+from common_cache.profiling.scores import HighAttentionRule, foreground_lift, foreground_ratio
+from common_cache.profiling.statistics import ProfileStatistics
+from common_cache.runner import States, call_block
+from common_cache.stats import CacheStats
+
+# branch name -> (prediction [C, T, H, W], clean estimate [C, T, H, W] or None)
+BranchOutputs = Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
+Combine = Callable[[BranchOutputs], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def single_branch(outputs: BranchOutputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The default combination: exactly one branch (e.g. a guidance-distilled model)."""
+    if len(outputs) != 1:
+        raise RuntimeError(
+            f"the step ran branches {sorted(outputs)}: pass a combine function (e.g. classifier-free guidance)"
+        )
+    return next(iter(outputs.values()))
+
+
+@dataclass
+class _Position:
+    step: int
+    branch: str
+    group: str | None = None
+    block: int | None = None
+
+
+class ProfilingRecorder:
+    """Collects attention and prediction statistics of generations into a :class:`ProfileStatistics`.
+
+    Args:
+        mask_provider: foreground masks per step (see ``masks.py``).
+        patch_size: the model's (frames, height, width) patch: latent mask -> token grid.
+        rule: which tokens are high-attention.
+        pooling: latent mask -> token weights (``fraction``, ``majority``, ``any``).
+        combine: branch outputs -> the sampler's prediction (and clean estimate), e.g. classifier-free guidance.
+        groups: stream groups to record (None = all the model has).
+        keep_masks: keep each step's latent mask of the current generation in ``masks`` (for evaluation).
+        attention_every: measure attention on every n-th step only (steps 0, n, 2n, ...): the received-attention
+            computation costs about one extra attention per block, which matters for large models.
+        sketch_width: channels of the random projection used for ``delta_change`` (0 = do not measure it).
+    """
+
+    def __init__(
+        self,
+        mask_provider: MaskProvider,
+        patch_size: Sequence[int] = (1, 2, 2),
+        rule: HighAttentionRule = HighAttentionRule(),
+        pooling: str = "fraction",
+        combine: Combine = single_branch,
+        groups: Sequence[str] | None = None,
+        keep_masks: bool = False,
+        attention_every: int = 1,
+        sketch_width: int = 16,
+    ) -> None:
+        if attention_every < 1:
+            raise ValueError(f"attention_every={attention_every} is not allowed: expected an integer >= 1")
+        self.mask_provider = mask_provider
+        self.patch_size = tuple(patch_size)
+        self.rule = rule
+        self.pooling = pooling
+        self.combine = combine
+        self.groups = None if groups is None else tuple(groups)
+        self.keep_masks = keep_masks
+        self.attention_every = attention_every
+        self.sketch_width = sketch_width
+        self._projections: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._sketches: dict[tuple[str, str, int], torch.Tensor] = {}
+        self.statistics: ProfileStatistics | None = None
+        self.stats = CacheStats()
+        self.masks: list[torch.Tensor] = []
+        self.prompt_index = 0
+        self._depths: dict[str, int] | None = None
+        self._position: _Position | None = None
+        self._pending_step: int | None = None
+        self._attention: dict[tuple[str, str, int], list[torch.Tensor]] = {}
+        self._outputs: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._previous_prediction: torch.Tensor | None = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The cache protocol (used by attach_cache and the pipelines).
+
+    def bind(self, model_depths: Mapping[str, int]) -> None:
+        """Remembers the model's stream groups (called by ``attach_cache``)."""
+        unknown = sorted(set(self.groups or ()) - set(model_depths))
+        if unknown:
+            raise ValueError(f"profiling groups {unknown} are not stream groups of the model: {sorted(model_depths)}")
+        self._depths = {g: d for g, d in model_depths.items() if self.groups is None or g in self.groups}
+        self._all_depths = dict(model_depths)
+
+    def begin(self, num_steps: int) -> None:
+        """Starts a generation (one prompt): statistics are created on the first call, added to afterwards."""
+        if self._depths is None:
+            raise RuntimeError("ProfilingRecorder.begin() before bind(): attach it with attach_cache(model, recorder)")
+        if self.statistics is None:
+            self.statistics = ProfileStatistics(num_steps, dict(self._depths))
+        elif self.statistics.num_steps != num_steps:
+            raise ValueError(
+                f"every profiled generation must have the same number of steps: {self.statistics.num_steps} "
+                f"before, {num_steps} now"
+            )
+        self.stats = CacheStats(num_steps=num_steps)
+        for name, depth in self._all_depths.items():
+            self.stats.add_group(name, depth)
+        self.masks = []
+        self._sketches.clear()
+        self._pending_step = None
+        self._previous_prediction = None
+        self._attention.clear()
+        self._outputs.clear()
+
+    @contextmanager
+    def step(self, index: int, branch: str = "cond") -> Iterator[None]:
+        """Marks the forwards inside as step ``index`` of guidance ``branch``."""
+        if self.statistics is None:
+            raise RuntimeError("ProfilingRecorder.step() before begin(num_steps)")
+        if self._pending_step is not None and index != self._pending_step:
+            self._finish_step()
+        self._pending_step = index
+        if branch not in self.stats.branches:
+            self.stats.branches.append(branch)
+        self._position = _Position(index, branch)
+        try:
+            yield
+        finally:
+            self._position = None
+
+    def run(self, group: str, blocks: Sequence[Callable], states: States, kwargs: dict) -> States:
+        """Runs every block (a plain loop) while tracking which one is running."""
+        position = self._require_position()
+        measure = self.sketch_width > 0 and group in self._depths
+        for index, block in enumerate(blocks):
+            position.group, position.block = group, index
+            out = call_block(block, states, kwargs)
+            if measure:
+                self._record_delta_change(position, out, states)
+            states = out
+        position.group = position.block = None
+        self.stats.count(group, position.step, len(blocks), 0)
+        return states
+
+    def end(self) -> ProfileStatistics:
+        """Finishes the current generation (its last step) and returns the statistics so far."""
+        if self._pending_step is not None:
+            self._finish_step()
+            self._pending_step = None
+        self.prompt_index += 1
+        return self.statistics
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Fed by the model adapters.
+
+    @property
+    def current_block(self) -> tuple[str, int] | None:
+        """(group, block index) of the block running now; None outside a recorded block stack or step."""
+        position = self._position
+        if position is None or position.group is None or position.group not in self._depths:
+            return None
+        if position.step % self.attention_every:
+            return None
+        return position.group, position.block
+
+    def record_attention(self, received: torch.Tensor) -> None:
+        """Stores the received attention ``[T, P]`` (frames x tokens per frame) of the current block and branch."""
+        where = self.current_block
+        if where is None:
+            return
+        key = (self._position.branch, *where)
+        self._attention.setdefault(key, []).append(received.detach().float().cpu())
+
+    def record_prediction(self, prediction: torch.Tensor, clean_estimate: torch.Tensor | None = None) -> None:
+        """Stores the model output ``[C, T, H, W]`` (and clean estimate) of the current branch."""
+        position = self._require_position()
+        clean = None if clean_estimate is None else clean_estimate.detach().float().cpu()
+        self._outputs[position.branch] = (prediction.detach().float().cpu(), clean)
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def _require_position(self) -> _Position:
+        if self._position is None:
+            raise RuntimeError(
+                "a model with a ProfilingRecorder attached was called outside recorder.step(i, branch): the pipeline "
+                "must call begin(num_steps) and wrap every forward in step(i, branch)"
+            )
+        return self._position
+
+    def _sketch(self, out: States, inp: States) -> torch.Tensor:
+        """Random projection of the residual, ``[B, L_total, sketch_width]`` float32 (states concatenated)."""
+        pieces = []
+        for o, i in zip(out if isinstance(out, tuple) else (out,), inp if isinstance(inp, tuple) else (inp,)):
+            key = (o.shape[-1], o.device)
+            if key not in self._projections:
+                generator = torch.Generator().manual_seed(o.shape[-1])
+                matrix = torch.randn(o.shape[-1], self.sketch_width, generator=generator) / self.sketch_width**0.5
+                self._projections[key] = matrix.to(o.device)
+            pieces.append((o.detach().float() - i.detach().float()) @ self._projections[key])
+        return torch.cat(pieces, dim=1)
+
+    def _record_delta_change(self, position: _Position, out: States, inp: States) -> None:
+        with torch.no_grad():
+            sketch = self._sketch(out, inp)
+        key = (position.branch, position.group, position.block)
+        previous = self._sketches.get(key)
+        self._sketches[key] = sketch
+        if previous is not None and previous.shape == sketch.shape:
+            change = ((sketch - previous).norm() / previous.norm().clamp(min=1e-12)).item()
+            self.statistics.add_block(position.group, position.block, position.step, {"delta_change": [change]})
+
+    def _finish_step(self) -> None:
+        step = self._pending_step
+        if not self._outputs:
+            raise RuntimeError(f"step {step} recorded no model output: the model adapter must call record_prediction")
+        prediction, clean = self.combine(self._outputs)
+        if self._previous_prediction is not None:
+            change = (prediction - self._previous_prediction).abs().mean().item()
+            self.statistics.add_change(step, change)
+        self._previous_prediction = prediction
+        if not self._attention and not self.keep_masks:
+            self._outputs.clear()
+            return
+        view = StepView(step, self.statistics.num_steps, prediction, clean, self.prompt_index)
+        mask = self.mask_provider(view)  # [T, H, W]
+        if self.keep_masks:
+            self.masks.append(mask)
+        weights = pool_to_tokens(mask, self.patch_size, self.pooling).flatten(1)  # [T', P]
+        for (_, group, block), records in self._attention.items():
+            received = torch.stack(records).mean(dim=0)  # [T', P] (several calls: e.g. a batch)
+            if received.shape != weights.shape:
+                raise RuntimeError(
+                    f"received attention of block {block} has frames x tokens {tuple(received.shape)}, but the "
+                    f"foreground mask gives {tuple(weights.shape)}: check the adapter's token grid"
+                )
+            high = self.rule.high(received)
+            self.statistics.add_block(group, block, step, {
+                "r_attn": foreground_ratio(high, weights).numpy(),
+                "lift": foreground_lift(received, weights).numpy(),
+            })
+        self._attention.clear()
+        self._outputs.clear()

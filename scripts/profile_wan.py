@@ -1,0 +1,302 @@
+"""Profile a Wan2.1 text-to-video model and write a cache profile (JSON) plus figures.
+
+Generates one video per profiling prompt with the real pipeline (T5, sampler, two guidance branches), measures in
+every block and step the attention each image token receives and the foreground ratio R_attn against foreground
+masks taken from the model's own prediction, and the step-to-step change of the prediction. From these it picks
+the background-focused blocks to cache and a refresh schedule, and writes a profile that ``generate.py
+--cache_profile`` reads. Method and options: docs/profiling.md.
+
+    python scripts/profile_wan.py --task t2v-tiny --num_prompts 8 --out Wan2.1/wan/cache_profiles/t2v-tiny.json
+    python scripts/profile_wan.py --task t2v-1.3B --ckpt_dir ./Wan2.1-T2V-1.3B --size 832*480 \
+        --prompt_file prompts.txt --cache_k 20 --refresh_budget 8 --out t2v-1.3B.json
+
+Safe to interrupt: finished prompts are kept in ``<out>.partial.json`` (``--resume`` continues from it) and every
+output file is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
+
+from tqdm import tqdm  # noqa: E402
+
+from common_cache.profiling import (  # noqa: E402
+    MaskVideoProvider,
+    PCAMaskProvider,
+    HighAttentionRule,
+    ProfileSettings,
+    ProfileStatistics,
+    ProfilingRecorder,
+    SAM2MaskProvider,
+    build_profile,
+    plot_heatmap,
+    plot_step_change,
+    uniform_refresh_count,
+)
+from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS  # noqa: E402
+from wan.profiling import classifier_free_guidance, profile_prompts  # noqa: E402
+from wan.text2video import SAMPLE_SOLVERS  # noqa: E402
+
+MODEL_NAMES = {"t2v-14B": "Wan2.1-T2V-14B", "t2v-1.3B": "Wan2.1-T2V-1.3B", "t2v-tiny": "Wan2.1-T2V-tiny"}
+RESUME_KEYS = ("task", "size", "frame_num", "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale",
+               "base_seed", "prompts", "mask_provider", "mask_source", "mask_method", "mask_videos", "mask_pooling",
+               "threshold", "attention_every")
+TINY_PROMPT_SEED = 1234  # training-split captions of wan/tiny/data.py (evaluation uses the held-out split)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    run = parser.add_argument_group("model and sampling (generate.py's flags and defaults)")
+    run.add_argument("--task", default="t2v-tiny", choices=list(WAN_CONFIGS))
+    run.add_argument("--ckpt_dir", default=None, help="Checkpoint folder (default: the task's, if it has one).")
+    run.add_argument("--size", default=None, choices=list(SIZE_CONFIGS))
+    run.add_argument("--frame_num", type=int, default=None)
+    run.add_argument("--sample_solver", default="unipc", choices=list(SAMPLE_SOLVERS))
+    run.add_argument("--sample_steps", type=int, default=None)
+    run.add_argument("--sample_shift", type=float, default=None)
+    run.add_argument("--sample_guide_scale", type=float, default=5.0)
+    run.add_argument("--base_seed", type=int, default=0, help="Seed of prompt i is base_seed + i.")
+    run.add_argument("--t5_cpu", action="store_true")
+    prompts = parser.add_argument_group("profiling prompts")
+    prompts.add_argument("--prompt", action="append", default=None, help="A profiling prompt (repeatable).")
+    prompts.add_argument("--prompt_file", default=None, help="A text file with one prompt per line.")
+    prompts.add_argument("--num_prompts", type=int, default=None,
+                         help="Use the first N prompts (t2v-tiny without prompts: N training captions, default 8).")
+    masks = parser.add_argument_group("foreground masks")
+    masks.add_argument("--mask_provider", default="pca", choices=["pca", "video", "sam2"])
+    masks.add_argument("--mask_source", default="clean", choices=["clean", "prediction"],
+                       help="pca/sam2: the clean-latent estimate x_t - sigma*v, or the raw velocity prediction.")
+    masks.add_argument("--mask_method", default="kmeans", choices=["kmeans", "otsu"])
+    masks.add_argument("--mask_videos", default=None,
+                       help="video provider: comma-separated mask files (.npy, .mp4, .gif), one per prompt.")
+    masks.add_argument("--sam2_checkpoint", default=None)
+    masks.add_argument("--sam2_config", default=None)
+    masks.add_argument("--mask_pooling", default="fraction", choices=["fraction", "majority", "any"])
+    decide = parser.add_argument_group("statistics and decisions")
+    decide.add_argument("--threshold", default="mean", help="High-attention tokens: mean, mean+<k>std, top<q>.")
+    decide.add_argument("--statistic", default="r_attn", choices=["r_attn", "lift", "delta_change"])
+    decide.add_argument("--score_from_step", type=int, default=None, help="Default: the warm-up length.")
+    decide.add_argument("--cache_k", type=int, default=None, help="Cache this many blocks (compute budget).")
+    decide.add_argument("--tau", type=float, default=None, help="Cache blocks scoring below tau.")
+    decide.add_argument("--warmup", type=int, default=6)
+    decide.add_argument("--refresh_budget", default=None,
+                        help="Refresh steps (warm-up end included) placed by the step-change curve; 'auto': as many "
+                             "as the uniform --interval schedule has.")
+    decide.add_argument("--interval", type=int, default=6,
+                        help="Uniform refresh interval (used without --refresh_budget; also the budget of "
+                             "--refresh_budget auto).")
+    decide.add_argument("--query_chunk", type=int, default=256)
+    decide.add_argument("--attention_every", type=int, default=1,
+                        help="Measure attention on every n-th step only (cost on large models).")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--out", default=None, help="Profile JSON (default: ./cache_profile_<task>.json).")
+    out.add_argument("--figures", default=None, help="Figure path prefix (default: --out without .json).")
+    out.add_argument("--resume", action="store_true", help="Continue from <out>.partial.json.")
+    return parser.parse_args(argv)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Fills task defaults and checks every value before anything is loaded."""
+    config = WAN_CONFIGS[args.task]
+    if args.ckpt_dir is None:
+        if config.get("default_ckpt_dir") is None:
+            raise ValueError(f"--ckpt_dir is required for --task {args.task}")
+        args.ckpt_dir = config.default_ckpt_dir
+    args.size = args.size or config.get("default_size", "1280*720")
+    args.frame_num = args.frame_num or config.get("frame_num", 81)
+    args.sample_steps = args.sample_steps or config.get("sample_steps", 50)
+    args.sample_shift = args.sample_shift or config.get("sample_shift", 5.0)
+    if args.size not in SUPPORTED_SIZES[args.task]:
+        raise ValueError(
+            f"--size {args.size} is not supported by task {args.task}: allowed {SUPPORTED_SIZES[args.task]}"
+        )
+    if args.frame_num < 1 or (args.frame_num - 1) % 4:
+        raise ValueError(f"--frame_num {args.frame_num} is not allowed: expected 4n+1")
+    if not 0 <= args.warmup < args.sample_steps:
+        raise ValueError(f"--warmup {args.warmup} is not allowed: expected 0..{args.sample_steps - 1}")
+    depth = config.num_layers
+    if args.cache_k is not None and not 1 <= args.cache_k < depth:
+        raise ValueError(
+            f"--cache_k {args.cache_k} is not allowed: expected 1..{depth - 1} (the model has {depth} blocks)"
+        )
+    if args.cache_k is not None and args.tau is not None:
+        raise ValueError("--cache_k and --tau exclude each other: give one")
+    if args.attention_every < 1:
+        raise ValueError(f"--attention_every {args.attention_every} is not allowed: expected an integer >= 1")
+    if args.interval < 1:
+        raise ValueError(f"--interval {args.interval} is not allowed: expected >= 1")
+    if args.refresh_budget == "auto":
+        args.refresh_budget = uniform_refresh_count(args.interval, args.warmup, args.sample_steps)
+    elif args.refresh_budget is not None:
+        if not args.refresh_budget.isdigit() or int(args.refresh_budget) < 1:
+            raise ValueError(
+                f"--refresh_budget {args.refresh_budget} is not allowed: expected 'auto' or an integer >= 1"
+            )
+        args.refresh_budget = int(args.refresh_budget)
+    args.rule = HighAttentionRule.parse(args.threshold)
+    args.prompts = resolve_prompts(args)
+    args.out = args.out or os.path.abspath(f"cache_profile_{args.task}.json")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise ValueError(f"--out {args.out}: its folder does not exist")
+    args.figures = args.figures or os.path.splitext(args.out)[0]
+
+
+def resolve_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        if not os.path.isfile(args.prompt_file):
+            raise FileNotFoundError(f"--prompt_file not found: {args.prompt_file}")
+        with open(args.prompt_file, encoding="utf-8") as handle:
+            prompts += [line.strip() for line in handle if line.strip()]
+    if not prompts and args.task == "t2v-tiny":
+        from wan.tiny.data import caption, sample_spec
+
+        prompts = [caption(sample_spec(TINY_PROMPT_SEED, i)) for i in range(args.num_prompts or 8)]
+    if not prompts:
+        raise ValueError("no profiling prompts: pass --prompt (repeatable) or --prompt_file")
+    if args.num_prompts is not None:
+        if args.num_prompts < 1:
+            raise ValueError(f"--num_prompts {args.num_prompts} is not allowed: expected >= 1")
+        prompts = prompts[: args.num_prompts]
+    return prompts
+
+
+def make_mask_provider(args: argparse.Namespace):
+    if args.mask_provider == "pca":
+        return PCAMaskProvider(source=args.mask_source, method=args.mask_method)
+    if args.mask_provider == "sam2":
+        if not args.sam2_checkpoint or not args.sam2_config:
+            raise ValueError("--mask_provider sam2 needs --sam2_checkpoint PATH and --sam2_config NAME")
+        return SAM2MaskProvider(args.sam2_checkpoint, args.sam2_config)
+    paths = [p for p in (args.mask_videos or "").split(",") if p]
+    if len(paths) != len(args.prompts):
+        raise ValueError(f"--mask_videos has {len(paths)} files for {len(args.prompts)} prompts: give one per prompt")
+    return MaskVideoProvider(paths, temporal_stride=WAN_CONFIGS[args.task].vae_stride[0])
+
+
+def run_key(args: argparse.Namespace) -> dict:
+    """What must match for --resume to continue a partial run."""
+    return {k: getattr(args, k) for k in RESUME_KEYS}
+
+
+def write_json_atomic(data: dict, path: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_partial(args: argparse.Namespace, partial: str) -> ProfileStatistics | None:
+    if not args.resume or not os.path.isfile(partial):
+        return None
+    with open(partial) as handle:
+        data = json.load(handle)
+    if data.get("run") != run_key(args):
+        raise ValueError(f"--resume: {partial} was written with other settings; rerun without --resume to start over")
+    return ProfileStatistics.from_dict(data["statistics"])
+
+
+def make_settings(args: argparse.Namespace) -> ProfileSettings:
+    return ProfileSettings(statistic=args.statistic, first_step=args.score_from_step, cache_k=args.cache_k,
+                           tau=args.tau, warmup_steps=args.warmup, refresh_budget=args.refresh_budget,
+                           interval=args.interval)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from wan.text2video import WanT2V
+
+    mask_provider = make_mask_provider(args)
+    partial = args.out + ".partial.json"
+    statistics = load_partial(args, partial)
+    config = WAN_CONFIGS[args.task]
+    start = time.perf_counter()
+    pipeline = WanT2V(config=config, checkpoint_dir=args.ckpt_dir, t5_cpu=args.t5_cpu)
+    recorder = ProfilingRecorder(mask_provider, patch_size=config.patch_size, rule=args.rule,
+                                 pooling=args.mask_pooling, combine=classifier_free_guidance(args.sample_guide_scale),
+                                 attention_every=args.attention_every)
+    recorder.statistics = statistics
+    done = len(statistics.prompts) if statistics else 0
+    bar = tqdm(total=len(args.prompts), initial=done, desc="profiling prompts", unit="prompt")
+
+    def saved(index: int, stats: ProfileStatistics) -> None:
+        write_json_atomic({"run": run_key(args), "statistics": stats.to_dict()}, partial)
+        bar.update(1)
+
+    generate_kwargs = dict(size=SIZE_CONFIGS[args.size], frame_num=args.frame_num, shift=args.sample_shift,
+                           sample_solver=args.sample_solver, sampling_steps=args.sample_steps,
+                           guide_scale=args.sample_guide_scale)
+    try:
+        statistics = profile_prompts(pipeline, recorder, args.prompts, generate_kwargs, args.base_seed, saved, done,
+                                     query_chunk=args.query_chunk)
+    except KeyboardInterrupt:
+        bar.close()
+        kept = len(recorder.statistics.prompts) if recorder.statistics else 0
+        logging.warning("interrupted: %d of %d prompts are saved in %s; rerun with --resume to continue", kept,
+                        len(args.prompts), partial)
+        return 130
+    bar.close()
+    write_outputs(args, statistics, argv, time.perf_counter() - start)
+    if os.path.exists(partial):
+        os.remove(partial)
+    return 0
+
+
+def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, argv: list[str], seconds: float) -> None:
+    config = WAN_CONFIGS[args.task]
+    metadata = {
+        "model": MODEL_NAMES.get(args.task, args.task), "task": args.task, "depth": config.num_layers,
+        "size": args.size, "frame_num": args.frame_num, "sample_solver": args.sample_solver,
+        "sample_shift": args.sample_shift, "sample_guide_scale": args.sample_guide_scale,
+        "seeds": [args.base_seed + i for i in range(len(args.prompts))],
+        "mask_provider": {"name": args.mask_provider, "source": args.mask_source, "method": args.mask_method,
+                          "pooling": args.mask_pooling},
+        "high_attention": args.rule.text(),
+        "command": "python scripts/profile_wan.py " + shlex.join(argv),
+        "profiling_seconds": round(seconds, 1),
+    }
+    profile = build_profile(statistics, make_settings(args), metadata)
+    profile.save(args.out)
+    group = profile.config.groups[0]
+    refresh = group.refresh_steps(statistics.num_steps)
+    plot_heatmap(statistics.heatmap("blocks", args.statistic), args.figures + "_heatmap.png", group.cached_blocks,
+                 title=f"{metadata['model']}: {args.statistic} per block and step ({len(args.prompts)} prompts)")
+    uniform = tuple(range(args.warmup, statistics.num_steps, args.interval))
+    schedules = {"profile": refresh}
+    if refresh != uniform:
+        schedules[f"uniform interval {args.interval}"] = uniform
+    plot_step_change(statistics.change_curve(), args.figures + "_step_change.png", schedules, args.warmup,
+                     title=f"{metadata['model']}: step-to-step change of the guided prediction")
+    logging.info("cached blocks %s of %d; refresh steps %s", list(group.cached_blocks), group.depth, list(refresh))
+    logging.info("%s per block: %s", args.statistic, [round(s, 3) for s in profile.scores["blocks"]])
+    logging.info("wrote %s, %s_heatmap.png, %s_step_change.png (%.1f s)", args.out, args.figures, args.figures,
+                 seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stdout)
+    args = parse_args(argv)
+    try:
+        validate(args)
+        return run(args, argv)
+    except (ValueError, FileNotFoundError) as err:
+        logging.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

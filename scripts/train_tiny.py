@@ -1,0 +1,72 @@
+"""Trains the tiny Wan2.1 model (``--task t2v-tiny``) from scratch on the CPU and writes its checkpoint folder.
+
+Stages (each resumable; rerunning skips finished stages and resumes the interrupted one from its last save):
+
+    text     SentencePiece tokenizer on the caption template + umT5 encoder initialisation
+    vae      Wan VAE trained for reconstruction on generated clips
+    latents  the DiT training set encoded once; the latent statistics measured
+    dit      Wan DiT trained with flow matching and caption dropout, jointly with the umT5 encoder (EMA kept)
+    export   the official checkpoint layout (latent statistics folded into the VAE's quant convs)
+    profile  the provisional cache profile wan/cache_profiles/t2v-tiny.json (block sensitivity on training prompts)
+
+Usage (from the repository root):
+
+    python scripts/train_tiny.py --work_dir /work/tiny_train/run [--out_dir Wan2.1/Wan2.1-T2V-tiny]
+    python scripts/train_tiny.py --work_dir /tmp/smoke --smoke --out_dir /tmp/smoke/ckpt   # 2-minute check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
+sys.path.insert(0, ROOT)
+
+from wan.tiny.checkpoints import StageLog  # noqa: E402
+from wan.tiny.recipe import TinyRecipe, smoke_recipe  # noqa: E402
+from wan.tiny.train_stages import STAGES, run_stages  # noqa: E402
+
+ALL_STAGES = (*STAGES, "profile")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work_dir", required=True, help="folder for per-stage checkpoints and logs")
+    parser.add_argument("--out_dir", default=os.path.join(ROOT, "Wan2.1", "Wan2.1-T2V-tiny"),
+                        help="checkpoint folder to write (official layout)")
+    parser.add_argument("--profile_out", default=os.path.join(ROOT, "Wan2.1", "wan", "cache_profiles", "t2v-tiny.json"),
+                        help="where the profile stage writes the cache profile")
+    parser.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma-separated subset of {ALL_STAGES}")
+    parser.add_argument("--smoke", action="store_true", help="a few steps per stage (pipeline check)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two threads stall each other)")
+    args = parser.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s]
+    unknown = [s for s in stages if s not in ALL_STAGES]
+    if unknown:
+        raise SystemExit(f"--stages: unknown stage(s) {unknown}; allowed {list(ALL_STAGES)}")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    recipe = smoke_recipe() if args.smoke else TinyRecipe()
+    os.makedirs(args.work_dir, exist_ok=True)
+    with open(os.path.join(args.work_dir, "recipe.json"), "w") as handle:
+        json.dump(recipe.to_dict(), handle, indent=2)
+    log = StageLog(args.work_dir)
+    run_stages(args.work_dir, recipe, args.out_dir, [s for s in stages if s in STAGES], log)
+    if "profile" in stages:
+        from wan.tiny.cache_rule import write_provisional_profile
+
+        log("stage profile")
+        write_provisional_profile(args.out_dir, args.profile_out, log, quick=args.smoke)
+    log("all stages finished")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
