@@ -1,13 +1,14 @@
-"""HunyuanVideo text-to-video command line, with ProfilingDiT block caching (``--delta_cache``).
+"""HunyuanVideo text-to-video command line, with ProfilingDiT block caching (``--delta_cache``) or, as the peer
+baseline, TeaCache (``--teacache-thresh T``; the two exclude each other).
 
 References: Tencent/HunyuanVideo sample_video.py (flow: parse, load, predict, save with the official name).
 
     python3 sample_video.py --video-size 720 1280 --video-length 129 --infer-steps 50 --prompt "..." \
         --flow-reverse --use-cpu-offload --save-path ./results --seed 42 --delta_cache
 
-Every check runs before anything is loaded, as far as the inputs allow: the arguments, the cache profile against
-the official depths and the step count, and the presence of every checkpoint piece. Errors are logged and end the
-run with exit code 2, with no output file written.
+Every check runs before anything is loaded, as far as the inputs allow: the arguments, the cache policy (one per
+run), the cache profile against the official depths and the step count, and the presence of every checkpoint piece.
+Errors are logged and end the run with exit code 2, with no output file written.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from common_cache import (
     log_cache_profile,
     log_cache_summary,
 )
+from common_cache.cli import teacache_from_args
 from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks, shutdown
+from common_cache.teacache import TeaCache, hunyuan_teacache_config, log_teacache_summary
 from hyvideo.cache_profiles import builtin_profile
 from hyvideo.config import parse_args
 from hyvideo.inference import (SEED_RANGE, HunyuanVideoSampler, RunPrecisions, check_checkpoint_pieces,
@@ -60,6 +63,22 @@ def resolve_cache_profile(args: argparse.Namespace):
     return profile
 
 
+def resolve_teacache(args: argparse.Namespace) -> TeaCache | None:
+    """The run's TeaCache (None without ``--teacache-thresh``): the published HunyuanVideo coefficients (indicator:
+    the modulated input of the first double-stream block; first and last step forced) unless
+    ``--teacache-coefficients`` replaces them.
+
+    Raises:
+        ValueError: together with ``--delta_cache``/``--cache-profile``, ``--use_ret_steps``, bad coefficients.
+    """
+    teacache = teacache_from_args(args, hunyuan_teacache_config)
+    if teacache is not None and args.dit_config is not None and args.teacache_coefficients is None:
+        logger.warning("TeaCache uses the coefficients published for the official 720p model (%s) on the "
+                       "architecture of --dit-config %s: they are not calibrated for it",
+                       teacache.config.source, args.dit_config)
+    return teacache
+
+
 def attach_cache_to(args: argparse.Namespace, transformer: torch.nn.Module, profile) -> None:
     """Builds the run-time cache from the profile and the storage flags; logs its configuration once."""
     attach_cache(transformer, delta_cache_from_args(args, profile))
@@ -70,13 +89,16 @@ def summarize(args: argparse.Namespace, transformer: torch.nn.Module, report, pr
     """End-of-run summary: times, and with the cache the block calls, ideal and measured speedup, buffer memory."""
     logger.info("time: %.1f s loading, %.1f s generating (%.1f s denoising %d steps, %.1f s decoding)",
                 load_seconds, report.total_seconds, report.denoise_seconds, args.infer_steps, report.decode_seconds)
-    if transformer.block_cache is not None:
+    if isinstance(transformer.block_cache, TeaCache):
+        log_teacache_summary(logger, transformer.block_cache, report, args.cache_stats)
+    elif transformer.block_cache is not None:
         log_cache_summary(logger, transformer.block_cache, report, profile, args.cache_stats)
 
 
-def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None = None) -> HunyuanVideoSampler:
-    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the cache attached),
-    then the other components."""
+def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None = None,
+                 teacache: TeaCache | None = None) -> HunyuanVideoSampler:
+    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the delta cache of
+    ``profile`` or ``teacache`` attached), then the other components."""
     root = model_base(args)
     paths = check_checkpoint_pieces(args, root)
     device = sp.device if sp is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,6 +112,9 @@ def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None 
         parallelize_transformer(transformer, sp)  # refuses a head count the Ulysses degree does not divide
     if profile is not None:
         attach_cache_to(args, transformer, profile)  # refuses a profile made for another depth
+    if teacache is not None:
+        attach_cache(transformer, teacache)
+        logger.info("TeaCache %s, coefficients: %s", teacache.config.tag(), teacache.config.source)
     return HunyuanVideoSampler.from_pretrained(root, args, device=device, transformer=transformer)
 
 
@@ -112,11 +137,12 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> li
     if sp is not None:  # every rank must draw the same noise for the same prompt: rank 0's values win
         args.seed = random.randint(0, SEED_RANGE) if args.seed is None else args.seed
         args.seed, args.prompt, args.neg_prompt = broadcast_object((args.seed, args.prompt, args.neg_prompt))
+    teacache = resolve_teacache(args)  # first: it refuses --delta_cache together with it
     profile = resolve_cache_profile(args)
     if args.save_path_suffix == "" and os.path.isfile(args.save_path):
         raise ValueError(f"--save-path {args.save_path} is a file: expected a folder (created if missing)")
     start = time.perf_counter()
-    sampler = load_sampler(args, profile, sp)
+    sampler = load_sampler(args, profile, sp, teacache)
     load_seconds = time.perf_counter() - start
     outputs = sampler.predict(
         prompt=args.prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,

@@ -124,8 +124,16 @@ def _attach_cache(args: argparse.Namespace, pipeline: WanT2V, profile) -> None:
     log_cache_profile(logging.getLogger(), profile, args.cache_profile or "built-in", args.sample_steps)
 
 
+FITTED_COEFFICIENTS = "teacache_coefficients.json"  # scripts/fit_teacache.py output kept with the weights
+
+
 def _resolve_teacache(args: argparse.Namespace) -> TeaCache | None:
-    """The TeaCache of the run (None without --teacache_thresh); warns when it runs uncalibrated."""
+    """The TeaCache of the run (None without --teacache_thresh); warns when it runs uncalibrated. Without
+    --teacache_coefficients, coefficients fitted for these weights (``<ckpt_dir>/teacache_coefficients.json``) are
+    preferred over the published ones."""
+    fitted = os.path.join(args.ckpt_dir, FITTED_COEFFICIENTS)
+    if args.teacache_thresh is not None and not args.teacache_coefficients and os.path.isfile(fitted):
+        args.teacache_coefficients = fitted
     teacache = teacache_from_args(args, lambda thresh: wan_teacache_config(args.task, thresh, args.use_ret_steps))
     if teacache is not None and teacache.config.source.startswith("uncalibrated"):
         logging.warning("TeaCache is %s", teacache.config.source)

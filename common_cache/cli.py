@@ -17,6 +17,8 @@ Unlike the official ``type=list`` flags, every list can be set from the command 
 TeaCache, the peer baseline, has its own group (:func:`add_teacache_args`): ``--teacache_thresh T`` turns it on,
 ``--use_ret_steps`` (Wan2.1) switches to its ``e0`` indicator, ``--teacache_coefficients PATH|LIST`` replaces the
 published polynomial (e.g. with one fitted by scripts/fit_teacache.py). It excludes ``--delta_cache``.
+HunyuanVideo spells them ``--teacache-thresh`` (``--teacache_thresh`` accepted) and ``--teacache-coefficients``;
+it has no ret-steps mode, so ``--use_ret_steps`` is refused there.
 """
 
 from __future__ import annotations
@@ -196,20 +198,26 @@ def add_teacache_args(parser: argparse.ArgumentParser, kebab: bool = False,
 
     Args:
         parser: the CLI's parser.
-        kebab: spell the flags with dashes.
-        ret_steps: add ``--use_ret_steps`` (only Wan2.1 has published ret-steps coefficients).
+        kebab: spell the flags with dashes; ``--teacache_thresh`` is accepted in both spellings.
+        ret_steps: add ``--use_ret_steps`` (only Wan2.1 has published ret-steps coefficients); without it the flag
+            is still parsed (hidden) and :func:`teacache_from_args` refuses it with a clear message.
     """
 
     def flag(name: str) -> str:
         return "--" + (name.replace("_", "-") if kebab else name)
 
     group = parser.add_argument_group("TeaCache (peer baseline; excludes --delta_cache)")
-    group.add_argument(flag("teacache_thresh"), dest="teacache_thresh", type=float, default=None, metavar="T",
+    # Like --delta_cache, the threshold is accepted in both spellings on the kebab-case CLI.
+    spellings = ["--teacache-thresh", "--teacache_thresh"] if kebab else ["--teacache_thresh"]
+    group.add_argument(*spellings, dest="teacache_thresh", type=float, default=None, metavar="T",
                        help="Enable TeaCache with this threshold on the accumulated rescaled relative L1 "
                             "(published examples: Wan2.1 1.3B 0.05-0.08, 14B 0.14-0.2; HunyuanVideo 0.1-0.15).")
     if ret_steps:
         group.add_argument(flag("use_ret_steps"), dest="use_ret_steps", action="store_true",
                            help="TeaCache on the modulation input e0 with the first 5 steps forced (official mode).")
+    else:  # parsed (hidden) only to be refused with a clear message by teacache_from_args
+        group.add_argument("--use_ret_steps", "--use-ret-steps", dest="use_ret_steps_refused", action="store_true",
+                           help=argparse.SUPPRESS)
     group.add_argument(flag("teacache_coefficients"), dest="teacache_coefficients", default=None,
                        metavar="PATH|LIST", help="Polynomial coefficients (highest degree first) replacing the "
                                                  "published ones: a scripts/fit_teacache.py JSON or a comma list.")
@@ -236,9 +244,12 @@ def teacache_from_args(args: argparse.Namespace,
 
     Raises:
         ValueError: TeaCache flags without ``--teacache_thresh``, TeaCache together with the delta cache, bad
-            coefficients.
+            coefficients, ``--use_ret_steps`` on a CLI without it (``add_teacache_args(ret_steps=False)``).
         FileNotFoundError: a missing coefficients file.
     """
+    if getattr(args, "use_ret_steps_refused", False):
+        raise ValueError("--use_ret_steps is not available for this model: TeaCache's ret-steps mode (indicator e0, "
+                         "first 5 steps forced) has published coefficients for Wan2.1 only")
     if args.teacache_thresh is None:
         used = [name for name in ("use_ret_steps", "teacache_coefficients") if getattr(args, name, None)]
         if used:

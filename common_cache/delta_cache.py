@@ -26,16 +26,15 @@ Usage (the pipeline's side)::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from common_cache.config import CacheConfig
 from common_cache.plan import GroupPlan, Op, StepKind, compile_group, step_kinds
+from common_cache.policy import CachePolicy, StepContext
 from common_cache.runner import States, call_block
-from common_cache.stats import CacheStats
 
 Deltas = tuple[torch.Tensor, ...]  # one tensor per state of the stream (image and text for HunyuanVideo double)
 
@@ -58,14 +57,12 @@ def _nbytes(tensors: Deltas) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-@dataclass
-class _Context:
-    step: int
-    branch: str
-
-
-class DeltaCache:
+class DeltaCache(CachePolicy):
     """Block-selective delta caching for one model.
+
+    The pipeline protocol (``bind``, ``begin``, ``step``) comes from :class:`common_cache.policy.CachePolicy`:
+    ``bind`` checks the config against the model's stream groups, and ``begin`` checks that the schedule fits the
+    generation and clears every delta and the statistics.
 
     Args:
         config: the cache configuration (from a profile and the command line).
@@ -85,59 +82,24 @@ class DeltaCache:
         self.delta_dtype = delta_dtype
         self.delta_device = torch.device(delta_device) if delta_device is not None else None
         self.plans: dict[str, GroupPlan] = {g.name: compile_group(g) for g in config.groups}
-        self.stats = CacheStats()
-        self._model_depths: dict[str, int] | None = None
+        super().__init__()
         self._kinds: dict[str, tuple[StepKind, ...]] = {}
-        self._states: dict[tuple[str, str], _BranchState] = {}
-        self._context: _Context | None = None
+        self._states: dict[tuple[str, str], _BranchState] = {}  # (branch, group) -> deltas
 
     # ----------------------------------------------------------------------------------------------------------
-    # Set-up: bind to a model, start a generation, enter a step.
+    # Hooks of bind and begin.
 
-    def bind(self, model_depths: Mapping[str, int]) -> None:
-        """Checks the config against the model's stream groups (see :func:`attach_cache`).
-
-        Raises:
-            ValueError: a cached group the model lacks, or a depth mismatch.
-        """
+    def _check_model(self, model_depths: Mapping[str, int]) -> None:
+        """Raises ValueError for a cached group the model lacks, or a depth mismatch."""
         self.config.check_depths(model_depths)
-        self._model_depths = dict(model_depths)
 
-    def begin(self, num_steps: int) -> None:
-        """Starts a generation of ``num_steps`` denoising steps: clears every delta and the statistics.
+    def _prepare(self, num_steps: int) -> None:
+        """Classifies every step of the generation per group.
 
         Raises:
             ValueError: the schedule does not fit ``num_steps`` (warm-up too long, refresh step out of range).
         """
-        if self._model_depths is None:
-            raise RuntimeError("DeltaCache.begin() before bind(): attach the cache to a model with attach_cache()")
         self._kinds = {name: step_kinds(self.config.group(name), num_steps) for name in self.plans}
-        self._states.clear()
-        self.stats = CacheStats(num_steps=num_steps)
-        for name, depth in self._model_depths.items():
-            self.stats.add_group(name, depth)
-
-    @contextmanager
-    def step(self, index: int, branch: str = "cond") -> Iterator[None]:
-        """Marks the model forwards inside the block as denoising step ``index`` of guidance ``branch``.
-
-        Each branch (``cond``, ``uncond``, or a batched ``cond+uncond``) keeps its own deltas: guidance branches
-        see different text conditioning, so their residuals differ and must never be shared.
-        """
-        if not self._kinds:
-            raise RuntimeError("DeltaCache.step() before begin(num_steps): start the generation first")
-        num_steps = self.stats.num_steps
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_steps:
-            raise ValueError(f"step index={index!r} is out of range: allowed 0..{num_steps - 1}")
-        if self._context is not None:
-            raise RuntimeError(f"DeltaCache.step({index}) entered inside step({self._context.step}): steps do not nest")
-        self._context = _Context(index, branch)
-        if branch not in self.stats.branches:
-            self.stats.branches.append(branch)
-        try:
-            yield
-        finally:
-            self._context = None
 
     # ----------------------------------------------------------------------------------------------------------
     # The entry point called by run_blocks.
@@ -160,37 +122,17 @@ class DeltaCache:
                 hs, block_seconds = self._run_refresh(plan, blocks, hs, single, kwargs, state)
             else:
                 hs, block_seconds = self._run_reuse(plan, blocks, hs, single, kwargs, state, context)
-        elapsed = time.perf_counter() - start
-        self.stats.stack_seconds += elapsed
-        self.stats.engine_seconds += elapsed - block_seconds
+        self._add_stack_time(start, block_seconds)
         return hs[0] if single else hs
 
     # ----------------------------------------------------------------------------------------------------------
 
-    def _require_context(self, group: str, blocks: Sequence[Callable]) -> _Context:
-        if self._context is None:
-            raise RuntimeError(
-                "a model with a DeltaCache attached was called outside cache.step(i, branch): the pipeline must "
-                "call cache.begin(num_steps) once per generation and wrap every forward in cache.step(i, branch)"
-            )
-        if group not in self.stats.groups:
-            raise RuntimeError(f"stream group '{group}' is unknown to the cache: bound groups {sorted(self.stats.groups)}")
-        depth = self.stats.groups[group].depth
-        if len(blocks) != depth:
-            raise RuntimeError(f"stream group '{group}' got {len(blocks)} blocks, but the model was bound with {depth}")
-        return self._context
-
-    def _branch_state(self, context: _Context, plan: GroupPlan) -> _BranchState:
+    def _branch_state(self, context: StepContext, plan: GroupPlan) -> _BranchState:
         key = (context.branch, plan.name)
         state = self._states.get(key)
         if state is None:
             state = self._states[key] = _BranchState.empty(len(plan.units))
-        if context.step <= state.last_step:
-            raise RuntimeError(
-                f"stream group '{plan.name}' of branch '{context.branch}' ran step {context.step} after step "
-                f"{state.last_step}: give each guidance branch its own name in cache.step(i, branch) and call "
-                "cache.begin() for every new generation"
-            )
+        self._check_order(f"stream group '{plan.name}' of branch '{context.branch}'", context.step, state.last_step)
         state.last_step = context.step
         return state
 
@@ -238,14 +180,15 @@ class DeltaCache:
     def _record(self, state: _BranchState, unit: int, out: Deltas, inp: Deltas) -> None:
         deltas = tuple(o - i for o, i in zip(out, inp))
         if self.delta_dtype is not None or self.delta_device is not None:
-            deltas = tuple(d.to(device=self.delta_device or d.device, dtype=self.delta_dtype or d.dtype) for d in deltas)
+            deltas = tuple(d.to(device=self.delta_device or d.device, dtype=self.delta_dtype or d.dtype)
+                           for d in deltas)
         old = state.deltas[unit]
         state.nbytes += _nbytes(deltas) - (_nbytes(old) if old is not None else 0)
         state.deltas[unit] = deltas
         state.out_dtypes[unit] = tuple(o.dtype for o in out)
         self.stats.set_buffer_bytes(sum(s.nbytes for s in self._states.values()))
 
-    def _add(self, state: _BranchState, unit: int, hs: Deltas, plan: GroupPlan, context: _Context) -> Deltas:
+    def _add(self, state: _BranchState, unit: int, hs: Deltas, plan: GroupPlan, context: StepContext) -> Deltas:
         deltas = state.deltas[unit]
         if deltas is None:
             u = plan.units[unit]

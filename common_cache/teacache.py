@@ -41,15 +41,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from common_cache.distributed import all_reduce_mean
+from common_cache.policy import CachePolicy, StepContext
 from common_cache.runner import Signal, States, call_block
-from common_cache.stats import CacheStats
 
 UNCALIBRATED = (1.0, 0.0)  # poly(d) = d: the raw relative L1, used when no fitted coefficients exist
 
@@ -246,64 +245,49 @@ class _BranchState:
 
 
 @dataclass
-class _Context:
-    step: int
-    branch: str
+class _Context(StepContext):
     signals: dict[str, Signal] = field(default_factory=dict)
     compute: bool | None = None  # decided at the forward's first stack
     groups_done: set[str] = field(default_factory=set)
 
 
-class TeaCache:
+class TeaCache(CachePolicy):
     """The TeaCache policy behind :func:`common_cache.run_blocks` (same pipeline API as ``DeltaCache``).
+
+    The pipeline protocol (``bind``, ``begin``, ``step``) comes from :class:`common_cache.policy.CachePolicy`:
+    ``bind`` remembers the model's stream groups, and ``begin`` clears every residual, accumulator, indicator, the
+    history and the statistics.
 
     Args:
         config: threshold, coefficients, indicator and forced steps.
     """
 
+    context_type = _Context
+
     def __init__(self, config: TeaCacheConfig) -> None:
         self.config = config
-        self.stats = CacheStats()
+        super().__init__()
         self.history: dict[str, list[StepRecord]] = {}
-        self._model_depths: dict[str, int] | None = None
-        self._states: dict[str, _BranchState] = {}
+        self._states: dict[str, _BranchState] = {}  # branch -> indicator, accumulator, residuals
         self._context: _Context | None = None
 
-    def bind(self, model_depths: Mapping[str, int]) -> None:
-        """Remembers the model's stream groups (called by :func:`common_cache.attach_cache`)."""
+    # ----------------------------------------------------------------------------------------------------------
+    # Hooks of bind and begin.
+
+    def _check_model(self, model_depths: Mapping[str, int]) -> None:
+        """Raises ValueError when the model exposes no stream group."""
         if not model_depths:
             raise ValueError("the model exposes no stream groups: stream_group_depths() returned nothing")
-        self._model_depths = dict(model_depths)
 
-    def begin(self, num_steps: int) -> None:
-        """Starts a generation: clears every residual, accumulator, indicator, the history and the statistics."""
-        if self._model_depths is None:
-            raise RuntimeError("TeaCache.begin() before bind(): attach the cache to a model with attach_cache()")
+    def _prepare(self, num_steps: int) -> None:
+        """Checks ``num_steps`` and clears the history (``begin`` then clears the branch states and statistics).
+
+        Raises:
+            ValueError: ``num_steps`` is not an integer >= 1.
+        """
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps={num_steps!r} is not allowed: expected an integer >= 1")
-        self._states.clear()
         self.history = {}
-        self.stats = CacheStats(num_steps=num_steps)
-        for name, depth in self._model_depths.items():
-            self.stats.add_group(name, depth)
-
-    @contextmanager
-    def step(self, index: int, branch: str = "cond") -> Iterator[None]:
-        """Marks the model forward inside the block as step ``index`` of guidance ``branch`` (own state each)."""
-        if self.stats.num_steps == 0:
-            raise RuntimeError("TeaCache.step() before begin(num_steps): start the generation first")
-        num_steps = self.stats.num_steps
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_steps:
-            raise ValueError(f"step index={index!r} is out of range: allowed 0..{num_steps - 1}")
-        if self._context is not None:
-            raise RuntimeError(f"TeaCache.step({index}) entered inside step({self._context.step}): steps do not nest")
-        self._context = _Context(index, branch)
-        if branch not in self.stats.branches:
-            self.stats.branches.append(branch)
-        try:
-            yield
-        finally:
-            self._context = None
 
     # ----------------------------------------------------------------------------------------------------------
     # Called by run_blocks.
@@ -336,25 +320,13 @@ class TeaCache:
         else:
             out = self._reuse(state, group, hs, context)
             self.stats.count(group, context.step, 0, len(blocks))
-        elapsed = time.perf_counter() - start
-        self.stats.stack_seconds += elapsed
-        self.stats.engine_seconds += elapsed - block_seconds
+        self._add_stack_time(start, block_seconds)
         return out[0] if single else out
 
     # ----------------------------------------------------------------------------------------------------------
 
     def _require_context(self, group: str, blocks: Sequence[Callable]) -> _Context:
-        context = self._context
-        if context is None:
-            raise RuntimeError(
-                "a model with a TeaCache attached was called outside cache.step(i, branch): the pipeline must call "
-                "cache.begin(num_steps) once per generation and wrap every forward in cache.step(i, branch)")
-        if group not in self.stats.groups:
-            raise RuntimeError(f"stream group '{group}' is unknown to the cache: bound groups "
-                               f"{sorted(self.stats.groups)}")
-        depth = self.stats.groups[group].depth
-        if len(blocks) != depth:
-            raise RuntimeError(f"stream group '{group}' got {len(blocks)} blocks, but the model was bound with {depth}")
+        context = super()._require_context(group, blocks)
         if group in context.groups_done:
             raise RuntimeError(f"stream group '{group}' ran twice in one forward of step {context.step}, branch "
                                f"'{context.branch}': wrap every model call in its own cache.step(i, branch)")
@@ -373,10 +345,7 @@ class TeaCache:
 
     def _decide(self, context: _Context, state: _BranchState) -> bool:
         """The accumulated rescaled relative-L1 rule; updates the branch's indicator and accumulator."""
-        if context.step <= state.last_step:
-            raise RuntimeError(
-                f"branch '{context.branch}' ran step {context.step} after step {state.last_step}: give each guidance "
-                "branch its own name in cache.step(i, branch) and call cache.begin() for every new generation")
+        self._check_order(f"branch '{context.branch}'", context.step, state.last_step)
         state.last_step = context.step
         current = self._indicator(context)
         forced = self.config.is_forced(context.step, self.stats.num_steps)

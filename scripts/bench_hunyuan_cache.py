@@ -13,6 +13,8 @@ cached latents are from the full ones.
 
     python scripts/bench_hunyuan_cache.py                       # defaults above, 50 steps, 3 repeats
     python scripts/bench_hunyuan_cache.py --steps 10 --repeats 1 --video-size 64 64 --video-length 5   # smoke test
+    python scripts/bench_hunyuan_cache.py --official --device cuda --precision bf16 --video-size 544 960 \
+        --video-length 33 --repeats 2      # the official HYVideo-T/2-cfgdistill size on a GPU (random weights)
 """
 
 from __future__ import annotations
@@ -36,8 +38,10 @@ from common_cache import GenerationReport  # noqa: E402
 from hyvideo.diffusion.pipelines import HunyuanVideoPipeline, TextConditions  # noqa: E402
 from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler  # noqa: E402
 from hyvideo.modules import HYVideoDiffusionTransformer, get_rotary_pos_embed  # noqa: E402
+from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG  # noqa: E402
 
 PAPER_STEPS = 50
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="Timed full/cached pairs (median reported).")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
     parser.add_argument("--json", type=str, default=None, help="Also write the results to this JSON file.")
+    parser.add_argument("--official", action="store_true",
+                        help="The official HYVideo-T/2-cfgdistill size (hidden 3072, 24 heads, 20 + 40 blocks, text "
+                             "dims 4096/768) and the paper's profile; --hidden/--heads/--double/--single are ignored.")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda.")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="DiT weights and autocast dtype (official GPU runs: bf16).")
     return parser.parse_args(argv)
 
 
@@ -95,20 +105,26 @@ def scaled_paper_profile(double: int, single: int, steps: int) -> CacheProfile:
 def build_inputs(args: argparse.Namespace):
     """A random model (small weights: a smooth velocity field), noise, text conditions and RoPE tables."""
     torch.manual_seed(0)
-    head_dim = args.hidden // args.heads
-    model = HYVideoDiffusionTransformer(
-        hidden_size=args.hidden, heads_num=args.heads, mm_double_blocks_depth=args.double,
-        mm_single_blocks_depth=args.single, rope_dim_list=rope_dims(head_dim), guidance_embed=True,
-        text_states_dim=64, text_states_dim_2=32).eval()
+    if args.official:
+        sizes = dict(HUNYUAN_VIDEO_CONFIG["HYVideo-T/2-cfgdistill"], text_states_dim=4096, text_states_dim_2=768)
+    else:
+        sizes = dict(hidden_size=args.hidden, heads_num=args.heads, mm_double_blocks_depth=args.double,
+                     mm_single_blocks_depth=args.single, rope_dim_list=rope_dims(args.hidden // args.heads),
+                     guidance_embed=True, text_states_dim=64, text_states_dim_2=32)
+    device = torch.device(args.device)
+    with device:
+        model = HYVideoDiffusionTransformer(**sizes).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" not in name:
                 param.normal_(0.0, 0.02)
+    model.to(DTYPES[args.precision])
     height, width = args.video_size
-    latents = torch.randn(1, 16, (args.video_length - 1) // 4 + 1, height // 8, width // 8)
-    mask = torch.zeros(1, args.text_len, dtype=torch.long)
+    latents = torch.randn(1, 16, (args.video_length - 1) // 4 + 1, height // 8, width // 8, device=device)
+    mask = torch.zeros(1, args.text_len, dtype=torch.long, device=device)
     mask[:, : args.prompt_tokens] = 1
-    text = TextConditions(torch.randn(1, args.text_len, 64), mask, torch.randn(1, 32))
+    text = TextConditions(torch.randn(1, args.text_len, sizes["text_states_dim"], device=device), mask,
+                          torch.randn(1, sizes["text_states_dim_2"], device=device))
     freqs = get_rotary_pos_embed(args.video_length, height, width, model.rope_dim_list, model.patch_size)
     return model, latents, text, freqs
 
@@ -120,9 +136,13 @@ def timed_run(pipeline: HunyuanVideoPipeline, latents, text, freqs, steps: int) 
     jobs share the machine.
     """
     report = GenerationReport()
-    cpu_start = time.process_time()
+    synchronize = torch.cuda.synchronize if latents.is_cuda else (lambda: None)
+    synchronize()
+    cpu_start, start = time.process_time(), time.perf_counter()
     out = pipeline.denoise(latents, text, freqs, steps, embedded_guidance_scale=6.0, report=report, progress=False)
-    return report.denoise_seconds, time.process_time() - cpu_start, out, {"measured_from_steps": report.measured_speedup()}
+    synchronize()  # kernels are asynchronous on a GPU: the loop is over when they are
+    seconds = time.perf_counter() - start
+    return seconds, time.process_time() - cpu_start, out, {"measured_from_steps": report.measured_speedup()}
 
 
 def main(argv=None) -> int:
@@ -130,9 +150,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, latents, text, freqs = build_inputs(args)
-    profile = scaled_paper_profile(args.double, args.single, args.steps)
-    pipeline = HunyuanVideoPipeline(model, FlowMatchDiscreteScheduler(shift=7.0, reverse=True))
-    print(f"model: hidden {args.hidden} ({args.heads} heads), {args.double} double + {args.single} single blocks; "
+    depths = model.stream_group_depths()
+    profile = scaled_paper_profile(depths["double"], depths["single"], args.steps)
+    pipeline = HunyuanVideoPipeline(model, FlowMatchDiscreteScheduler(shift=7.0, reverse=True), device=args.device,
+                                    dit_dtype=DTYPES[args.precision], autocast=args.precision != "fp32")
+    print(f"model: hidden {model.hidden_size} ({model.heads_num} heads), {depths['double']} double + "
+          f"{depths['single']} single blocks, {args.precision} on {args.device}; "
           f"{freqs[0].shape[0]} image + {args.text_len} text tokens; {args.steps} steps; torch threads "
           f"{torch.get_num_threads()}")
     for group in profile.config.groups:

@@ -17,32 +17,37 @@ output file is written under a temporary name and renamed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
 import sys
-import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))  # profile_common, also when this file is loaded by path
 
 from tqdm import tqdm  # noqa: E402
 
 from common_cache.profiling import (  # noqa: E402
-    MaskVideoProvider,
-    PCAMaskProvider,
-    HighAttentionRule,
-    ProfileSettings,
     ProfileStatistics,
     ProfilingRecorder,
-    SAM2MaskProvider,
+    STATISTICS,
     build_profile,
     plot_heatmap,
-    plot_step_change,
-    uniform_refresh_count,
 )
+from profile_common import (  # noqa: E402
+    add_mask_args,
+    check_decision_flags,
+    cli_main,
+    load_partial,
+    make_mask_provider,
+    make_settings,
+    plot_refresh_schedules,
+    write_json_atomic,
+)
+from profile_common import resolve_prompts as resolve_prompt_flags  # noqa: E402
+from profile_common import run_key as resume_key  # noqa: E402
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS  # noqa: E402
 from wan.profiling import classifier_free_guidance, profile_prompts  # noqa: E402
 from wan.text2video import SAMPLE_SOLVERS  # noqa: E402
@@ -50,7 +55,7 @@ from wan.text2video import SAMPLE_SOLVERS  # noqa: E402
 MODEL_NAMES = {"t2v-14B": "Wan2.1-T2V-14B", "t2v-1.3B": "Wan2.1-T2V-1.3B", "t2v-tiny": "Wan2.1-T2V-tiny"}
 RESUME_KEYS = ("task", "size", "frame_num", "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale",
                "base_seed", "prompts", "mask_provider", "mask_source", "mask_method", "mask_videos", "mask_pooling",
-               "threshold", "attention_every")
+               "threshold", "attention_every", "reuse_every", "interval", "warmup")
 TINY_PROMPT_SEED = 1234  # training-split captions of wan/tiny/data.py (evaluation uses the held-out split)
 
 
@@ -72,19 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--prompt_file", default=None, help="A text file with one prompt per line.")
     prompts.add_argument("--num_prompts", type=int, default=None,
                          help="Use the first N prompts (t2v-tiny without prompts: N training captions, default 8).")
-    masks = parser.add_argument_group("foreground masks")
-    masks.add_argument("--mask_provider", default="pca", choices=["pca", "video", "sam2"])
-    masks.add_argument("--mask_source", default="clean", choices=["clean", "prediction"],
-                       help="pca/sam2: the clean-latent estimate x_t - sigma*v, or the raw velocity prediction.")
-    masks.add_argument("--mask_method", default="kmeans", choices=["kmeans", "otsu"])
-    masks.add_argument("--mask_videos", default=None,
-                       help="video provider: comma-separated mask files (.npy, .mp4, .gif), one per prompt.")
-    masks.add_argument("--sam2_checkpoint", default=None)
-    masks.add_argument("--sam2_config", default=None)
-    masks.add_argument("--mask_pooling", default="fraction", choices=["fraction", "majority", "any"])
+    add_mask_args(parser)
     decide = parser.add_argument_group("statistics and decisions")
     decide.add_argument("--threshold", default="mean", help="High-attention tokens: mean, mean+<k>std, top<q>.")
-    decide.add_argument("--statistic", default="r_attn", choices=["r_attn", "lift", "delta_change"])
+    decide.add_argument("--statistic", default="r_attn", choices=list(STATISTICS))
+    decide.add_argument("--reuse_every", type=int, default=0,
+                        help="Measure reuse_error (each block cached alone, anchors every --interval steps from the "
+                             "warm-up) on every n-th step between anchors; 0 = not measured (default unless "
+                             "--statistic reuse_error, which sets 1).")
     decide.add_argument("--score_from_step", type=int, default=None, help="Default: the warm-up length.")
     decide.add_argument("--cache_k", type=int, default=None, help="Cache this many blocks (compute budget).")
     decide.add_argument("--tau", type=float, default=None, help="Cache blocks scoring below tau.")
@@ -122,28 +122,7 @@ def validate(args: argparse.Namespace) -> None:
         )
     if args.frame_num < 1 or (args.frame_num - 1) % 4:
         raise ValueError(f"--frame_num {args.frame_num} is not allowed: expected 4n+1")
-    if not 0 <= args.warmup < args.sample_steps:
-        raise ValueError(f"--warmup {args.warmup} is not allowed: expected 0..{args.sample_steps - 1}")
-    depth = config.num_layers
-    if args.cache_k is not None and not 1 <= args.cache_k < depth:
-        raise ValueError(
-            f"--cache_k {args.cache_k} is not allowed: expected 1..{depth - 1} (the model has {depth} blocks)"
-        )
-    if args.cache_k is not None and args.tau is not None:
-        raise ValueError("--cache_k and --tau exclude each other: give one")
-    if args.attention_every < 1:
-        raise ValueError(f"--attention_every {args.attention_every} is not allowed: expected an integer >= 1")
-    if args.interval < 1:
-        raise ValueError(f"--interval {args.interval} is not allowed: expected >= 1")
-    if args.refresh_budget == "auto":
-        args.refresh_budget = uniform_refresh_count(args.interval, args.warmup, args.sample_steps)
-    elif args.refresh_budget is not None:
-        if not args.refresh_budget.isdigit() or int(args.refresh_budget) < 1:
-            raise ValueError(
-                f"--refresh_budget {args.refresh_budget} is not allowed: expected 'auto' or an integer >= 1"
-            )
-        args.refresh_budget = int(args.refresh_budget)
-    args.rule = HighAttentionRule.parse(args.threshold)
+    check_decision_flags(args, args.sample_steps, "_", check_cache_k=lambda a: check_cache_k(a, config.num_layers))
     args.prompts = resolve_prompts(args)
     args.out = args.out or os.path.abspath(f"cache_profile_{args.task}.json")
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
@@ -151,83 +130,42 @@ def validate(args: argparse.Namespace) -> None:
     args.figures = args.figures or os.path.splitext(args.out)[0]
 
 
+def check_cache_k(args: argparse.Namespace, depth: int) -> None:
+    if args.cache_k is not None and not 1 <= args.cache_k < depth:
+        raise ValueError(
+            f"--cache_k {args.cache_k} is not allowed: expected 1..{depth - 1} (the model has {depth} blocks)"
+        )
+
+
 def resolve_prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompt_file:
-        if not os.path.isfile(args.prompt_file):
-            raise FileNotFoundError(f"--prompt_file not found: {args.prompt_file}")
-        with open(args.prompt_file, encoding="utf-8") as handle:
-            prompts += [line.strip() for line in handle if line.strip()]
-    if not prompts and args.task == "t2v-tiny":
-        from wan.tiny.data import caption, sample_spec
-
-        prompts = [caption(sample_spec(TINY_PROMPT_SEED, i)) for i in range(args.num_prompts or 8)]
-    if not prompts:
-        raise ValueError("no profiling prompts: pass --prompt (repeatable) or --prompt_file")
-    if args.num_prompts is not None:
-        if args.num_prompts < 1:
-            raise ValueError(f"--num_prompts {args.num_prompts} is not allowed: expected >= 1")
-        prompts = prompts[: args.num_prompts]
-    return prompts
+    return resolve_prompt_flags(args, "_", defaults=tiny_prompts if args.task == "t2v-tiny" else None)
 
 
-def make_mask_provider(args: argparse.Namespace):
-    if args.mask_provider == "pca":
-        return PCAMaskProvider(source=args.mask_source, method=args.mask_method)
-    if args.mask_provider == "sam2":
-        if not args.sam2_checkpoint or not args.sam2_config:
-            raise ValueError("--mask_provider sam2 needs --sam2_checkpoint PATH and --sam2_config NAME")
-        return SAM2MaskProvider(args.sam2_checkpoint, args.sam2_config)
-    paths = [p for p in (args.mask_videos or "").split(",") if p]
-    if len(paths) != len(args.prompts):
-        raise ValueError(f"--mask_videos has {len(paths)} files for {len(args.prompts)} prompts: give one per prompt")
-    return MaskVideoProvider(paths, temporal_stride=WAN_CONFIGS[args.task].vae_stride[0])
+def tiny_prompts(count: int | None) -> list[str]:
+    from wan.tiny.data import caption, sample_spec
+
+    return [caption(sample_spec(TINY_PROMPT_SEED, i)) for i in range(count or 8)]
 
 
 def run_key(args: argparse.Namespace) -> dict:
     """What must match for --resume to continue a partial run."""
-    return {k: getattr(args, k) for k in RESUME_KEYS}
-
-
-def write_json_atomic(data: dict, path: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def load_partial(args: argparse.Namespace, partial: str) -> ProfileStatistics | None:
-    if not args.resume or not os.path.isfile(partial):
-        return None
-    with open(partial) as handle:
-        data = json.load(handle)
-    if data.get("run") != run_key(args):
-        raise ValueError(f"--resume: {partial} was written with other settings; rerun without --resume to start over")
-    return ProfileStatistics.from_dict(data["statistics"])
-
-
-def make_settings(args: argparse.Namespace) -> ProfileSettings:
-    return ProfileSettings(statistic=args.statistic, first_step=args.score_from_step, cache_k=args.cache_k,
-                           tau=args.tau, warmup_steps=args.warmup, refresh_budget=args.refresh_budget,
-                           interval=args.interval)
+    return resume_key(args, RESUME_KEYS)
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from wan.text2video import WanT2V
 
-    mask_provider = make_mask_provider(args)
+    mask_provider = make_mask_provider(args, WAN_CONFIGS[args.task].vae_stride[0])
     partial = args.out + ".partial.json"
-    statistics = load_partial(args, partial)
+    statistics = load_partial(args, partial, run_key(args))
     config = WAN_CONFIGS[args.task]
     start = time.perf_counter()
     pipeline = WanT2V(config=config, checkpoint_dir=args.ckpt_dir, t5_cpu=args.t5_cpu)
     recorder = ProfilingRecorder(mask_provider, patch_size=config.patch_size, rule=args.rule,
                                  pooling=args.mask_pooling, combine=classifier_free_guidance(args.sample_guide_scale),
-                                 attention_every=args.attention_every)
+                                 attention_every=args.attention_every,
+                                 reuse_interval=args.interval if args.reuse_every else 0, reuse_start=args.warmup,
+                                 reuse_every=max(1, args.reuse_every))
     recorder.statistics = statistics
     done = len(statistics.prompts) if statistics else 0
     bar = tqdm(total=len(args.prompts), initial=done, desc="profiling prompts", unit="prompt")
@@ -274,12 +212,8 @@ def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, argv:
     refresh = group.refresh_steps(statistics.num_steps)
     plot_heatmap(statistics.heatmap("blocks", args.statistic), args.figures + "_heatmap.png", group.cached_blocks,
                  title=f"{metadata['model']}: {args.statistic} per block and step ({len(args.prompts)} prompts)")
-    uniform = tuple(range(args.warmup, statistics.num_steps, args.interval))
-    schedules = {"profile": refresh}
-    if refresh != uniform:
-        schedules[f"uniform interval {args.interval}"] = uniform
-    plot_step_change(statistics.change_curve(), args.figures + "_step_change.png", schedules, args.warmup,
-                     title=f"{metadata['model']}: step-to-step change of the guided prediction")
+    plot_refresh_schedules(statistics, refresh, args, args.figures + "_step_change.png",
+                           title=f"{metadata['model']}: step-to-step change of the guided prediction")
     logging.info("cached blocks %s of %d; refresh steps %s", list(group.cached_blocks), group.depth, list(refresh))
     logging.info("%s per block: %s", args.statistic, [round(s, 3) for s in profile.scores["blocks"]])
     logging.info("wrote %s, %s_heatmap.png, %s_step_change.png (%.1f s)", args.out, args.figures, args.figures,
@@ -287,15 +221,7 @@ def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, argv:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stdout)
-    args = parse_args(argv)
-    try:
-        validate(args)
-        return run(args, argv)
-    except (ValueError, FileNotFoundError) as err:
-        logging.error("%s", err)
-        return 2
+    return cli_main(parse_args, validate, run, argv)
 
 
 if __name__ == "__main__":

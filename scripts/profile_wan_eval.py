@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from common_cache import CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig  # noqa: E402
-from common_cache import UniformSchedule, attach_cache, detach_cache  # noqa: E402
+from common_cache import UniformSchedule, attach_cache, detach_cache, parse_int_list  # noqa: E402
 from common_cache.profiling import (  # noqa: E402
     PCAMaskProvider,
     ProfilingRecorder,
@@ -51,10 +51,11 @@ from wan.configs import SIZE_CONFIGS, WAN_CONFIGS  # noqa: E402
 from wan.profiling import classifier_free_guidance, profile_prompts  # noqa: E402
 from wan.text2video import WanT2V  # noqa: E402
 from wan.tiny.adherence import as_unit_video, colour_labels  # noqa: E402
-from wan.tiny.data import caption, eval_specs, render, to_model_range  # noqa: E402
+from wan.tiny.data import caption, eval_specs, render, sample_spec, to_model_range  # noqa: E402
 from wan.utils.fm_solvers_unipc import FlowUniPCMultistepScheduler  # noqa: E402
 
 TASK = "t2v-tiny"
+PROFILING_PROMPT_SEED = 1234  # scripts/profile_wan.py's default t2v-tiny prompts (training split)
 PROVIDERS = {
     "pca kmeans, clean estimate (default)": PCAMaskProvider("clean", "kmeans"),
     "pca otsu, clean estimate": PCAMaskProvider("clean", "otsu"),
@@ -134,14 +135,14 @@ def summarise_ious(results: dict, warmup: int) -> dict:
     return summary
 
 
-def generation_ious(pipeline: WanT2V, args) -> dict:
+def generation_ious(pipeline: WanT2V, args, specs) -> dict:
     """(b): masks of each step of a generation vs the object pixels of the decoded video."""
     kwargs = sampling(args)
     out = {}
     for name, provider in PROVIDERS.items():
         recorder = ProfilingRecorder(provider, combine=classifier_free_guidance(args.guide_scale), keep_masks=True)
         ious, last = [], []
-        for index, spec in enumerate(eval_specs(args.num_specs)):
+        for index, spec in enumerate(specs):
             videos = []
             original = pipeline.vae.decode
 
@@ -167,16 +168,23 @@ def generation_ious(pipeline: WanT2V, args) -> dict:
 def run_masks(args) -> dict:
     pipeline = load_pipeline(args.ckpt_dir)
     start = time.perf_counter()
-    result = {"reconstruction": reconstruction_ious(pipeline, args), "generation": generation_ious(pipeline, args)}
+    profiling_specs = [sample_spec(PROFILING_PROMPT_SEED, i) for i in range(args.num_specs)]
+    result = {"reconstruction": reconstruction_ious(pipeline, args),
+              "generation": generation_ious(pipeline, args, eval_specs(args.num_specs)),
+              "generation_profiling_prompts": generation_ious(pipeline, args, profiling_specs)}
     result["seconds"] = round(time.perf_counter() - start, 1)
     print(f"\n| provider | reconstruction IoU (latent, all steps) | from step {args.warmup} | token soft IoU "
-          f"(all steps) | generation IoU (from step {args.warmup}) | last step |")
-    print("|---|---|---|---|---|---|")
+          f"(all steps) | generation IoU, held-out prompts (from step {args.warmup}) | last step | generation "
+          f"IoU, profiling prompts (from step {args.warmup}) | last step |")
+    print("|---|---|---|---|---|---|---|---|")
+    nan = {"latent_iou_from_warmup": math.nan, "latent_iou_last_step": math.nan}
     for name, rec in result["reconstruction"].items():
-        gen = result["generation"].get(name, {})
+        held = result["generation"].get(name, nan)
+        train = result["generation_profiling_prompts"].get(name, nan)
         print(f"| {name} | {rec['latent_iou_all_steps']:.3f} | {rec['latent_iou_from_warmup']:.3f} | "
-              f"{rec['token_iou_all_steps']:.3f} | {gen.get('latent_iou_from_warmup', float('nan')):.3f} | "
-              f"{gen.get('latent_iou_last_step', float('nan')):.3f} |")
+              f"{rec['token_iou_all_steps']:.3f} | {held['latent_iou_from_warmup']:.3f} | "
+              f"{held['latent_iou_last_step']:.3f} | {train['latent_iou_from_warmup']:.3f} | "
+              f"{train['latent_iou_last_step']:.3f} |")
     return result
 
 
@@ -209,6 +217,15 @@ def candidate_lists(profile: CacheProfile, args) -> dict[str, tuple[int, ...]]:
              "reverse (most foreground-focused)": tuple(sorted(np.argsort(-scores, kind="stable")[:k].tolist()))}
     for stat, values in profile.metadata.get("profiler", {}).get("block_scores", {}).get("blocks", {}).items():
         lists[f"by {stat} (k lowest)"] = split_blocks(np.asarray(values, dtype=np.float64), cache_k=k)
+    for path in args.extra_profile or []:
+        extra = CacheProfile.load(path)
+        settings = extra.metadata.get("profiler", {})
+        rule = extra.metadata.get("high_attention", "?")
+        label = f"profile {os.path.basename(path)} ({settings.get('statistic', '?')}, {rule})"
+        lists[label] = extra.config.groups[0].cached_blocks
+    for item in args.extra_list or []:
+        name, _, text = item.partition("=")
+        lists[name] = parse_int_list("extra_list", text)
     seen = {group.cached_blocks}
     while sum(name.startswith("random") for name in lists) < args.random_lists:
         candidate = tuple(sorted(rng.sample(range(depth), k)))
@@ -268,7 +285,7 @@ def print_compare(result: dict, k: int, depth: int) -> None:
     for name, value in spans.items():
         print(f"| contiguous {name} | {value:.2f} |")
     for name, row in rows.items():
-        if name.startswith("reverse") or name.startswith("by "):
+        if not (name == "profiled" or name.startswith("random") or name.startswith("span")):
             print(f"| {name} {row['blocks']} | {mean[name]:.2f} |")
     print(f"\nrefresh schedules for the profiled list ({result['refresh_budget']} refreshes each)")
     print("| schedule | refresh steps | mean PSNR (dB) |\n|---|---|---|")
@@ -293,6 +310,8 @@ def main() -> None:
     parser.add_argument("--random_lists", type=int, default=10)
     parser.add_argument("--interval", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--extra_profile", action="append", help="compare: also the cached list of this profile")
+    parser.add_argument("--extra_list", action="append", help="compare: also NAME=0,1,2-5")
     parser.add_argument("--out", default=None, help="JSON results file")
     args = parser.parse_args()
     torch.manual_seed(0)

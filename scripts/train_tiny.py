@@ -7,7 +7,7 @@ Stages (each resumable; rerunning skips finished stages and resumes the interrup
     latents  the DiT training set encoded once; the latent statistics measured
     dit      Wan DiT trained with flow matching and caption dropout, jointly with the umT5 encoder (EMA kept)
     export   the official checkpoint layout (latent statistics folded into the VAE's quant convs)
-    profile  the provisional cache profile wan/cache_profiles/t2v-tiny.json (block sensitivity on training prompts)
+    profile  the cache profile wan/cache_profiles/t2v-tiny.json, written by the profiler (scripts/profile_wan.py)
 
 Usage (from the repository root):
 
@@ -31,6 +31,27 @@ from wan.tiny.recipe import TinyRecipe, smoke_recipe  # noqa: E402
 from wan.tiny.train_stages import STAGES, run_stages  # noqa: E402
 
 ALL_STAGES = (*STAGES, "profile")
+PROFILE_ARGS = ["--num_prompts", "8", "--cache_k", "8"]  # uniform refresh (see docs/profiling.md, results)
+FIGURES = "docs/images/profiling_t2v-tiny"
+
+
+def run_profiler(ckpt_dir: str, out: str, smoke: bool) -> None:
+    """The shipped profile's command (docs/profiling.md), on the checkpoint just exported."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import profile_wan
+
+    argv = PROFILE_ARGS + ["--out", os.path.relpath(out, ROOT), "--figures", FIGURES]
+    if smoke:
+        argv = ["--num_prompts", "1", "--sample_steps", "8", "--warmup", "2", "--out", out]
+    if os.path.abspath(ckpt_dir) != os.path.abspath(os.path.join(ROOT, "Wan2.1", "Wan2.1-T2V-tiny")):
+        argv += ["--ckpt_dir", ckpt_dir]
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # the recorded command is relative to the repository root
+    try:
+        if profile_wan.main(["--task", "t2v-tiny", *argv]) != 0:
+            raise SystemExit("the profile stage failed (see the messages above)")
+    finally:
+        os.chdir(cwd)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,10 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     log = StageLog(args.work_dir)
     run_stages(args.work_dir, recipe, args.out_dir, [s for s in stages if s in STAGES], log)
     if "profile" in stages:
-        from wan.tiny.cache_rule import write_provisional_profile
-
         log("stage profile")
-        write_provisional_profile(args.out_dir, args.profile_out, log, quick=args.smoke)
+        run_profiler(args.out_dir, args.profile_out, args.smoke)
     log("all stages finished")
     return 0
 

@@ -14,8 +14,7 @@ import pytest
 from common_cache import CacheConfig, CacheProfile, StreamGroupConfig, UniformSchedule
 from common_cache.teacache import load_coefficients
 from wan.configs import WAN_CONFIGS
-from wan_ckpt_dit import random_tiny_wan, write_wan_checkpoint
-from wan_ckpt_text import build_tiny_tokenizer, write_t5_checkpoint, write_vae_checkpoint
+from wan_ckpt_dit import write_random_wan_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -32,17 +31,7 @@ PROMPTS = ["a large red circle moves to the right over a gray background",
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory) -> str:
     """Random weights of the t2v-tiny architecture in the official layout (small: a smooth velocity field)."""
-    cfg = WAN_CONFIGS[TASK]
-    config = {"model_type": "t2v", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "in_dim": 16,
-              "out_dim": 16, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "eps": cfg.eps,
-              "text_len": cfg.text_len, "text_dim": cfg.text_dim}
-    folder = str(tmp_path_factory.mktemp("Wan2.1-T2V-tiny-random"))
-    state_dict = {k: v if "norm" in k else 0.3 * v for k, v in random_tiny_wan(config, seed=0).state_dict().items()}
-    write_wan_checkpoint(folder, state_dict, config)
-    write_t5_checkpoint(os.path.join(folder, cfg.t5_checkpoint), dim=cfg.text_dim, dim_attn=cfg.text_dim, num_heads=4)
-    build_tiny_tokenizer(os.path.join(folder, cfg.t5_tokenizer))
-    write_vae_checkpoint(os.path.join(folder, cfg.vae_checkpoint))
-    return folder
+    return write_random_wan_folder(str(tmp_path_factory.mktemp("Wan2.1-T2V-tiny-random")), TASK)
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,7 @@ from hyvideo.inference import HunyuanVideoSampler, _offload
 from hyvideo.modules.posemb_layers import get_rotary_pos_embed
 from hyvideo.utils import file_utils
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids thread-pool waits on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def text_conditions(batch: int, valid: tuple[int, ...], seed: int = 0, length: int = 6) -> TextConditions:

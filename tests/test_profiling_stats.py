@@ -332,3 +332,68 @@ def test_recorder_records_every_nth_step_and_the_step_change():
     assert recorder.stats.computed_calls == 6 and recorder.stats.skipped_calls == 0
     with pytest.raises(RuntimeError, match="outside recorder.step"):
         model(x)
+
+
+class ScalingModel(torch.nn.Module):
+    """Three blocks h -> (1 + w_j) h (residual w_j h), so a reused residual's error is computable by hand; block 1
+    asks whether it is being recorded (it must not be while the recorder replays the stack)."""
+
+    WEIGHTS = (0.5, -0.25, 2.0)
+
+    def __init__(self):
+        super().__init__()
+        self.block_cache = None
+        self.recorded_calls = 0
+
+    def stream_group_depths(self):
+        return {"blocks": 3}
+
+    def forward(self, x):
+        from common_cache import run_blocks
+
+        def block(h, w):
+            if self.block_cache.current_block is not None:
+                self.recorded_calls += 1
+            return h + w * h
+
+        blocks = [lambda h, w=w: block(h, w) for w in self.WEIGHTS]
+        x = run_blocks(self.block_cache, "blocks", blocks, x)
+        self.block_cache.record_prediction(x[None, None].expand(2, 1, 2, 2))
+        return x
+
+
+def test_reuse_error_is_the_stack_error_of_caching_one_block():
+    from common_cache import attach_cache
+
+    model = ScalingModel()
+    recorder = ProfilingRecorder(OnesMask(), patch_size=(1, 1, 1), sketch_width=0, reuse_interval=3, reuse_start=1)
+    attach_cache(model, recorder)
+    recorder.begin(6)
+    inputs = [torch.full((2, 2), float(v)) for v in (7.0, 1.0, 2.0, 4.0, 3.0, 5.0)]
+    for step, x in enumerate(inputs):
+        with recorder.step(step, "cond"):
+            model(x)
+    statistics = recorder.end()
+    w = ScalingModel.WEIGHTS
+    gain = [(1 + w[1]) * (1 + w[2]), 1 + w[2], 1.0]  # what the blocks after b do to an error
+
+    def expected(anchor, step, b):
+        before = float(np.prod([1 + v for v in w[:b]]))  # block b's input = before * x
+        error = abs(w[b] * before * (anchor - step)) * gain[b]  # |old residual - new residual| through the rest
+        contribution = abs(float(np.prod([1 + v for v in w])) - 1) * abs(step)
+        return error / contribution
+
+    heat = statistics.heatmap("blocks", "reuse_error")
+    # anchors at steps 1 and 4 (start 1, interval 3); measured at 2, 3 (anchor 1) and 5 (anchor 4); nothing else
+    assert np.isnan(heat[:, [0, 1, 4]]).all()
+    for step, anchor in ((2, 1.0), (3, 1.0), (5, 3.0)):
+        value = inputs[step][0, 0].item()
+        assert heat[:, step] == pytest.approx([expected(anchor, value, b) for b in range(3)], rel=1e-6)
+    assert recorder.stats.computed_calls == 18  # the replays are not counted as model calls
+    assert model.recorded_calls == 18  # and the model never sees them as recorded blocks
+    thin = ProfilingRecorder(OnesMask(), patch_size=(1, 1, 1), sketch_width=0, reuse_interval=3, reuse_every=2)
+    thin.bind({"blocks": 3})
+    assert [thin._reuse_role("blocks", s) for s in range(7)] == ["anchor", None, "measure", "anchor", None,
+                                                                 "measure", "anchor"]
+    with pytest.raises(ValueError, match="reuse_every=0 is not allowed"):
+        ProfilingRecorder(OnesMask(), reuse_interval=3, reuse_every=0)

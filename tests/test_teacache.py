@@ -430,3 +430,24 @@ def test_hunyuan_indicator_is_the_modulated_input_of_the_first_double_block():
     assert cache.stats.groups["double"].skipped == [0, 2, 0] and cache.stats.groups["single"].skipped == [0, 2, 0]
     # Same input every step: the reused residual reproduces the computed output (up to rounding).
     torch.testing.assert_close(outs[1], reference, rtol=0, atol=1e-5)
+
+
+def test_generate_prefers_coefficients_fitted_for_the_checkpoint(tmp_path):
+    """generate.py: without --teacache_coefficients, <ckpt_dir>/teacache_coefficients.json (fit_teacache.py's
+    output kept with the weights) replaces the uncalibrated rule; an explicit flag still wins."""
+    import generate
+
+    fitted = tmp_path / "teacache_coefficients.json"
+    fitted.write_text(json.dumps({"format": "profilingdit-teacache-coefficients",
+                                  "fits": {"e": {"coefficients": [2.0, 0.25]}}}))
+    args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path), "--teacache_thresh", "0.1"])
+    cache = generate._resolve_teacache(args)
+    assert cache.config.coefficients == (2.0, 0.25) and str(fitted) in cache.config.source
+    args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path), "--teacache_thresh", "0.1",
+                                 "--teacache_coefficients", "1,0"])
+    assert generate._resolve_teacache(args).config.coefficients == (1.0, 0.0)
+    fitted.unlink()
+    args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path), "--teacache_thresh", "0.1"])
+    assert generate._resolve_teacache(args).config.source.startswith("uncalibrated")
+    args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path)])
+    assert generate._resolve_teacache(args) is None

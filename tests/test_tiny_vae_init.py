@@ -1,12 +1,15 @@
 """The closed-form tiny VAE: the encoder pools colours exactly as documented, the initial decoder paints them."""
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from wan.modules.vae import infer_vae_config
 from wan.tiny import adherence, data
 from wan.tiny.vae_init import TINY_VAE_CONFIG, closed_form_vae
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clips(count=3):
@@ -25,7 +28,6 @@ def test_architecture_is_the_wan_vae_of_the_recipe():
 
 
 def test_encoder_holds_pooled_colours_and_last_frame_luminance():
-    torch.set_num_threads(1)
     _, clips = _clips()
     with torch.no_grad():
         mu, log_var = closed_form_vae().encode_moments(clips)  # [B, 16, 5, 8, 8]

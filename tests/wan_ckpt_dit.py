@@ -3,7 +3,8 @@
 The folder layout is the one of the official Wan2.1 releases (diffusers ``ModelMixin``): ``config.json`` with
 ``_class_name``/``_diffusers_version`` and the constructor fields, plus either one
 ``diffusion_pytorch_model.safetensors`` or shards ``diffusion_pytorch_model-0000k-of-0000n.safetensors`` with
-``diffusion_pytorch_model.safetensors.index.json``.
+``diffusion_pytorch_model.safetensors.index.json``. :func:`write_random_wan_folder` writes a whole checkpoint
+folder (DiT, T5, tokenizer, VAE) for a ``WAN_CONFIGS`` task, as ``generate.py --ckpt_dir`` loads it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import os
 import torch
 from safetensors.torch import save_file
 
+from wan.configs import WAN_CONFIGS
 from wan.modules.model import WanModel
+from wan_ckpt_text import build_tiny_tokenizer, write_t5_checkpoint, write_vae_checkpoint
 
 # 2 heads of 16, 3 blocks; the official config.json stores only these fields (B.2), the rest are defaults.
 TINY_CONFIG = {
@@ -72,6 +75,42 @@ def write_wan_checkpoint(folder: str, state_dict: dict, config: dict, num_shards
     index_path = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=2)
+
+
+def task_dit_config(task: str) -> dict:
+    """The ``config.json`` constructor fields of the DiT of a ``WAN_CONFIGS`` task (text-to-video, 16 channels)."""
+    cfg = WAN_CONFIGS[task]
+    return {"model_type": "t2v", "dim": cfg.dim, "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "in_dim": 16,
+            "out_dim": 16, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "eps": cfg.eps,
+            "text_len": cfg.text_len, "text_dim": cfg.text_dim}
+
+
+def write_random_wan_folder(folder: str, task: str, seed: int = 0, weight_scale: float = 0.3) -> str:
+    """Writes a checkpoint folder of random weights for ``task`` in the official layout.
+
+    The DiT comes from :func:`random_tiny_wan` with every non-norm weight scaled by ``weight_scale``: at 0.3 the
+    weights are ~N(0, 0.03^2), a smooth random velocity field like a trained model's (at 0.1 it changes chaotically
+    from step to step and no cache or sampler could follow it). The T5 encoder (4 heads), the tokenizer and the VAE
+    are the tiny ones of :mod:`wan_ckpt_text`, at the file names the task's config expects.
+
+    Args:
+        folder: target folder (created if needed).
+        task: a ``WAN_CONFIGS`` key, e.g. ``"t2v-tiny"``.
+        seed: seed of the DiT weights.
+        weight_scale: factor on the non-norm DiT weights.
+
+    Returns:
+        ``folder``.
+    """
+    cfg = WAN_CONFIGS[task]
+    config = task_dit_config(task)
+    state_dict = {k: v if "norm" in k else weight_scale * v
+                  for k, v in random_tiny_wan(config, seed=seed).state_dict().items()}
+    write_wan_checkpoint(folder, state_dict, config)
+    write_t5_checkpoint(os.path.join(folder, cfg.t5_checkpoint), dim=cfg.text_dim, dim_attn=cfg.text_dim, num_heads=4)
+    build_tiny_tokenizer(os.path.join(folder, cfg.t5_tokenizer))
+    write_vae_checkpoint(os.path.join(folder, cfg.vae_checkpoint))
+    return folder
 
 
 def tiny_inputs(config: dict | None = None, seed: int = 1):

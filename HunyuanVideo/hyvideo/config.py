@@ -1,4 +1,4 @@
-"""Command line of HunyuanVideo's ``sample_video.py``: every official flag and default, plus the cache group.
+"""Command line of HunyuanVideo's ``sample_video.py``: every official flag and default, plus the cache groups.
 
 References: Tencent/HunyuanVideo hyvideo/config.py (argument groups, flag names, defaults, `sanity_check_args`).
 
@@ -12,14 +12,18 @@ Deliberate differences to upstream (each one a crash or a silent surprise there;
   file (``rope_dim_list`` and any other field the weights cannot tell) instead of ``--model``.
 * :func:`sanity_check_args` also checks what upstream only discovered by crashing (or silently rounded): the size
   (two positive values, divisible by 16), the frame count (4n+1), steps, counts, the process layout (torchrun).
+* ``--teacache-thresh T`` (new, also ``--teacache_thresh``): TeaCache, the peer baseline. TeaCache4HunyuanVideo has
+  no such flag (its threshold, 0.15, is edited in the script); off unless given.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 
 from common_cache import add_cache_args
+from common_cache.cli import add_teacache_args
 
 from .constants import PRECISIONS, PROMPT_TEMPLATE
 from .modules.models import HUNYUAN_VIDEO_CONFIG
@@ -44,6 +48,7 @@ def parse_args(argv: list[str] | None = None, namespace: argparse.Namespace | No
     add_inference_args(parser)
     add_parallel_args(parser)
     add_cache_args(parser, kebab=True)
+    add_teacache_args(parser, kebab=True, ret_steps=False)  # no published ret-steps mode for HunyuanVideo
     args = parser.parse_args(argv, namespace=namespace)
     return sanity_check_args(args)
 
@@ -198,8 +203,15 @@ def sanity_check_args(args: argparse.Namespace) -> argparse.Namespace:
                          "'llm' gives ('clipL' gives a pooled vector and belongs to --text-encoder-2)")
     if args.hidden_state_skip_layer is not None and args.hidden_state_skip_layer < 0:
         raise ValueError(f"--hidden-state-skip-layer {args.hidden_state_skip_layer} is not allowed: expected >= 0")
+    _check_teacache_thresh(args.teacache_thresh)
     _check_process_layout(args)
     return args
+
+
+def _check_teacache_thresh(thresh: float | None) -> None:
+    if thresh is not None and not (math.isfinite(thresh) and thresh >= 0):
+        raise ValueError(f"--teacache-thresh {thresh} is not allowed: expected a finite number >= 0 (0 computes "
+                         "every step; TeaCache4HunyuanVideo uses 0.1 or 0.15)")
 
 
 def _check_video_size(video_size) -> None:

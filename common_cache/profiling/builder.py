@@ -19,7 +19,8 @@ class ProfileSettings:
     """The decisions that turn statistics into a profile.
 
     Attributes:
-        statistic: the per-block score: ``r_attn`` (the paper's foreground ratio), ``lift`` or ``delta_change``
+        statistic: the per-block score: ``r_attn`` (the paper's foreground ratio), ``lift``, ``delta_change`` or
+            ``reuse_error``
             (every block with a low score is a candidate for caching).
         first_step: steps before this are left out of the block scores (None = ``warmup_steps``: the steps where
             the cache acts).

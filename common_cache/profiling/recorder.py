@@ -10,9 +10,20 @@ keeps track of which block is running; a model adapter (``wan/profiling.py``, ``
 * the model output of the current branch (:meth:`record_prediction`).
 
 ``run`` also measures, model-independently, how much each block's residual (output minus input) changed since the
-previous step of the same branch (``delta_change``: the error a cache reusing that residual would make). The
-residuals are compared through a fixed random projection to ``sketch_width`` channels per token, so only a small
-sketch per block and branch is kept between steps.
+previous step of the same branch, relative to the size of the block's input (``delta_change``: roughly the
+relative error a cache reusing the previous residual would add to the stream). The tensors are compared through a
+fixed random projection to ``sketch_width`` channels per token, so only a small sketch per block and branch is
+kept between steps.
+
+With ``reuse_interval`` set, ``run`` also measures each block's ``reuse_error``: the error at the end of the block
+stack if that block alone were cached. On *anchor* steps (``reuse_start``, then every ``reuse_interval`` steps, as
+a uniform refresh schedule would refresh) every block's residual is stored; on the steps in between, for each block
+b the rest of the stack is run again from ``input_b + stored residual_b`` (what a cache feeds block b+1), and the
+difference from the true stack output is measured relative to the stack's own contribution (output minus input).
+It is a counterfactual of the cache, so it includes how the error spreads through the blocks after b, which the
+attention statistics cannot see. It costs ``depth * (depth - 1) / 2`` extra block calls per measured step and one
+stored residual per block and branch (as much memory as caching every block); ``reuse_every`` thins the measured
+steps.
 
 When a step is over (the next step starts or the generation ends), the branch outputs are combined into the
 prediction that drives the sampler, the mask provider turns it into a foreground mask, and each recorded block
@@ -70,6 +81,9 @@ class ProfilingRecorder:
         attention_every: measure attention on every n-th step only (steps 0, n, 2n, ...): the received-attention
             computation costs about one extra attention per block, which matters for large models.
         sketch_width: channels of the random projection used for ``delta_change`` (0 = do not measure it).
+        reuse_interval: anchor spacing of the ``reuse_error`` measurement (0 = do not measure it).
+        reuse_start: the first anchor step (the warm-up length of the schedule being modelled).
+        reuse_every: measure ``reuse_error`` on every n-th step between anchors only.
     """
 
     def __init__(
@@ -83,9 +97,14 @@ class ProfilingRecorder:
         keep_masks: bool = False,
         attention_every: int = 1,
         sketch_width: int = 16,
+        reuse_interval: int = 0,
+        reuse_start: int = 0,
+        reuse_every: int = 1,
     ) -> None:
-        if attention_every < 1:
-            raise ValueError(f"attention_every={attention_every} is not allowed: expected an integer >= 1")
+        for name, value, low in (("attention_every", attention_every, 1), ("reuse_interval", reuse_interval, 0),
+                                 ("reuse_start", reuse_start, 0), ("reuse_every", reuse_every, 1)):
+            if value < low:
+                raise ValueError(f"{name}={value} is not allowed: expected an integer >= {low}")
         self.mask_provider = mask_provider
         self.patch_size = tuple(patch_size)
         self.rule = rule
@@ -95,6 +114,9 @@ class ProfilingRecorder:
         self.keep_masks = keep_masks
         self.attention_every = attention_every
         self.sketch_width = sketch_width
+        self.reuse_interval, self.reuse_start, self.reuse_every = reuse_interval, reuse_start, reuse_every
+        self._anchors: dict[tuple[str, str], list[States]] = {}  # (branch, group) -> residual per block
+        self._replaying = False
         self._projections: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._sketches: dict[tuple[str, str, int], torch.Tensor] = {}
         self.statistics: ProfileStatistics | None = None
@@ -135,6 +157,7 @@ class ProfilingRecorder:
             self.stats.add_group(name, depth)
         self.masks = []
         self._sketches.clear()
+        self._anchors.clear()
         self._pending_step = None
         self._previous_prediction = None
         self._attention.clear()
@@ -160,14 +183,22 @@ class ProfilingRecorder:
         """Runs every block (a plain loop) while tracking which one is running."""
         position = self._require_position()
         measure = self.sketch_width > 0 and group in self._depths
+        role = self._reuse_role(group, position.step)
+        first, inputs, outputs = states, [], []
         for index, block in enumerate(blocks):
             position.group, position.block = group, index
             out = call_block(block, states, kwargs)
             if measure:
                 self._record_delta_change(position, out, states)
+            if role is not None:
+                inputs.append(states), outputs.append(out)
             states = out
         position.group = position.block = None
         self.stats.count(group, position.step, len(blocks), 0)
+        if role == "anchor":
+            self._anchors[(position.branch, group)] = [_combine(o, i, torch.sub) for o, i in zip(outputs, inputs)]
+        elif role == "measure":
+            self._record_reuse_error(position, group, blocks, kwargs, first, inputs, states)
         return states
 
     def end(self) -> ProfileStatistics:
@@ -185,7 +216,7 @@ class ProfilingRecorder:
     def current_block(self) -> tuple[str, int] | None:
         """(group, block index) of the block running now; None outside a recorded block stack or step."""
         position = self._position
-        if position is None or position.group is None or position.group not in self._depths:
+        if position is None or position.group is None or position.group not in self._depths or self._replaying:
             return None
         if position.step % self.attention_every:
             return None
@@ -215,27 +246,56 @@ class ProfilingRecorder:
             )
         return self._position
 
-    def _sketch(self, out: States, inp: States) -> torch.Tensor:
-        """Random projection of the residual, ``[B, L_total, sketch_width]`` float32 (states concatenated)."""
-        pieces = []
+    def _sketch(self, out: States, inp: States) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random projections of the residual and of the input, each ``[B, L_total, sketch_width]`` float32."""
+        deltas, inputs = [], []
         for o, i in zip(out if isinstance(out, tuple) else (out,), inp if isinstance(inp, tuple) else (inp,)):
             key = (o.shape[-1], o.device)
             if key not in self._projections:
                 generator = torch.Generator().manual_seed(o.shape[-1])
                 matrix = torch.randn(o.shape[-1], self.sketch_width, generator=generator) / self.sketch_width**0.5
                 self._projections[key] = matrix.to(o.device)
-            pieces.append((o.detach().float() - i.detach().float()) @ self._projections[key])
-        return torch.cat(pieces, dim=1)
+            projection = self._projections[key]
+            deltas.append((o.detach().float() - i.detach().float()) @ projection)
+            inputs.append(i.detach().float() @ projection)
+        return torch.cat(deltas, dim=1), torch.cat(inputs, dim=1)
 
     def _record_delta_change(self, position: _Position, out: States, inp: States) -> None:
         with torch.no_grad():
-            sketch = self._sketch(out, inp)
+            delta, inputs = self._sketch(out, inp)
         key = (position.branch, position.group, position.block)
         previous = self._sketches.get(key)
-        self._sketches[key] = sketch
-        if previous is not None and previous.shape == sketch.shape:
-            change = ((sketch - previous).norm() / previous.norm().clamp(min=1e-12)).item()
+        self._sketches[key] = delta
+        if previous is not None and previous.shape == delta.shape:
+            change = ((delta - previous).norm() / inputs.norm().clamp(min=1e-12)).item()
             self.statistics.add_block(position.group, position.block, position.step, {"delta_change": [change]})
+
+    def _reuse_role(self, group: str, step: int) -> str | None:
+        """``anchor`` (store residuals), ``measure`` (reuse_error) or None for this group and step."""
+        if not self.reuse_interval or group not in self._depths or step < self.reuse_start:
+            return None
+        offset = (step - self.reuse_start) % self.reuse_interval
+        if offset == 0:
+            return "anchor"
+        return "measure" if offset % self.reuse_every == 0 else None
+
+    def _record_reuse_error(self, position: _Position, group: str, blocks: Sequence[Callable], kwargs: dict,
+                            first: States, inputs: list[States], last: States) -> None:
+        stored = self._anchors.get((position.branch, group))
+        if stored is None or len(stored) != len(blocks):
+            return
+        scale = _norm(_combine(last, first, torch.sub)).clamp(min=1e-12)
+        self._replaying = True
+        try:
+            with torch.no_grad():
+                for b in range(len(blocks)):
+                    states = _combine(inputs[b], stored[b], torch.add)  # block b cached: current input + old residual
+                    for block in blocks[b + 1:]:
+                        states = call_block(block, states, kwargs)
+                    error = (_norm(_combine(states, last, torch.sub)) / scale).item()
+                    self.statistics.add_block(group, b, position.step, {"reuse_error": [error]})
+        finally:
+            self._replaying = False
 
     def _finish_step(self) -> None:
         step = self._pending_step
@@ -268,3 +328,16 @@ class ProfilingRecorder:
             })
         self._attention.clear()
         self._outputs.clear()
+
+
+def _combine(a: States, b: States, op: Callable) -> States:
+    """``op`` applied to matching tensors of two block states (a tensor or a tuple of tensors)."""
+    if isinstance(a, tuple):
+        return tuple(op(x.detach(), y.detach()) for x, y in zip(a, b))
+    return op(a.detach(), b.detach())
+
+
+def _norm(states: States) -> torch.Tensor:
+    """L2 norm over every tensor of a block state (float32)."""
+    tensors = states if isinstance(states, tuple) else (states,)
+    return torch.sqrt(sum(t.float().square().sum() for t in tensors))

@@ -1,8 +1,9 @@
 """Aggregated profiling statistics per (group, block, step), and the step-change curve.
 
 Statistics: ``r_attn`` (the paper's foreground ratio), ``lift`` (foreground share of the received attention over
-the foreground's area) and ``delta_change`` (how much a block's residual changed since the previous step: what a
-cache that reuses it would get wrong).
+the foreground's area) and ``delta_change`` (how much a block's residual changed since the previous step, relative to
+the block's input: what a cache that reuses it would get wrong) and ``reuse_error`` (the error at the end of the
+block stack when the block alone reuses its residual from the last anchor step, relative to the stack's contribution).
 
 Every record is one (prompt, guidance branch, block, step) and holds the frame average of a per-frame statistic;
 the arrays keep sums and counts so that prompts can be added one at a time and an interrupted run can resume
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-STATISTICS = ("r_attn", "lift", "delta_change")
+STATISTICS = ("r_attn", "lift", "delta_change", "reuse_error")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 * ``t2v-14B.json``: the paper's 28-block list, uniform interval 6, warm-up 6 (ideal speedup 2.016x at 50 steps).
 * ``t2v-1.3B.json``: provisional (the paper has no list for the 30-block model); see its metadata.
+* ``t2v-tiny.json``: written by the profiler (``scripts/profile_wan.py``) for the shipped tiny model.
 """
 
 import os

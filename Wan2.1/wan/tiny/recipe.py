@@ -12,6 +12,19 @@ from ..configs.wan_t2v_tiny import t2v_tiny
 
 
 @dataclass(frozen=True)
+class DitPhase:
+    """One DiT training phase: it continues the previous phase's weights, optimizer state and EMA, with its own
+    warm-up and cosine decay from ``lr``. ``foreground_weight`` w weighs each latent cell's loss by
+    ``1 + w * (object fraction of the cell)`` (ground-truth masks; 0 = plain MSE)."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    foreground_weight: float = 0.0
+
+
+@dataclass(frozen=True)
 class TinyRecipe:
     seed: int = 0
     # tokenizer (SentencePiece unigram trained on the caption template) and umT5 encoder
@@ -29,11 +42,14 @@ class TinyRecipe:
     # latent dataset for the DiT
     num_videos: int = 2400
     two_object_prob: float = 0.25
-    # DiT (sizes from the task config) trained with flow matching, jointly with the T5
-    dit_steps: int = 1200
+    # DiT (sizes from the task config) trained with flow matching, jointly with the T5, in consecutive phases
     dit_batch: int = 48
-    dit_lr: float = 5e-4
-    dit_warmup: int = 100
+    dit_phases: tuple = (
+        DitPhase("dit", steps=1200, lr=5e-4, warmup=100),
+        DitPhase("dit2", steps=1000, lr=3e-4, warmup=20),
+        # the objects are a few percent of the latent: weight their cells so that the loss is not all background
+        DitPhase("dit3", steps=2000, lr=3e-4, warmup=20, foreground_weight=8.0),
+    )
     dit_min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     ema_decay: float = 0.998
@@ -55,4 +71,6 @@ class TinyRecipe:
 
 def smoke_recipe() -> TinyRecipe:
     """A few steps of every stage (checks the pipeline end to end in about two minutes)."""
-    return TinyRecipe(num_videos=48, decoder_steps=2, dit_steps=6, dit_batch=8, dit_warmup=2, save_every=3)
+    phases = (DitPhase("dit", steps=6, lr=5e-4, warmup=2),
+              DitPhase("dit2", steps=2, lr=3e-4, warmup=1, foreground_weight=8.0))
+    return TinyRecipe(num_videos=48, decoder_steps=2, dit_batch=8, save_every=3, dit_phases=phases)

@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from common_cache.profiling import pixel_to_latent_mask
 
 from ..modules.model import WanModel
 from ..modules.t5 import T5Encoder
@@ -27,7 +28,7 @@ from .checkpoints import (StageLog, cosine_lr, ema_debiased, ema_update, is_done
                           save_step)
 from .export import export_checkpoint
 from .fast_rope import batched_rope
-from .recipe import TinyRecipe
+from .recipe import DitPhase, TinyRecipe
 from .vae_init import TINY_VAE_CONFIG, closed_form_vae
 
 STAGES = ("text", "vae", "latents", "decoder", "dit", "export")
@@ -206,8 +207,9 @@ def encode_text(t5: T5Encoder, ids: torch.Tensor, mask: torch.Tensor) -> list[to
 
 
 def dit_loss(dit: WanModel, t5: T5Encoder, x0: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-             recipe: TinyRecipe, generator: torch.Generator) -> torch.Tensor:
-    """Flow-matching loss of one batch: x0 ``[B, 16, f, h, w]`` normalised latents, token ids/mask ``[B, L]``."""
+             recipe: TinyRecipe, generator: torch.Generator, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Flow-matching loss of one batch: x0 ``[B, 16, f, h, w]`` normalised latents, token ids/mask ``[B, L]``;
+    ``weight`` ``[B, f, h, w]``: per-cell loss weights (None = plain MSE)."""
     b = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator)
     sigma = shifted_sigmas(torch.rand(b, generator=generator), recipe.train_shift)
@@ -215,56 +217,95 @@ def dit_loss(dit: WanModel, t5: T5Encoder, x0: torch.Tensor, ids: torch.Tensor, 
     x_t = (1 - s) * x0 + s * noise
     seq_len = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4
     pred = dit(list(x_t.unbind(0)), t=sigma * 1000, context=encode_text(t5, ids, mask), seq_len=seq_len)
-    return F.mse_loss(torch.stack(pred), noise - x0)
+    error = (torch.stack(pred) - (noise - x0)).square()
+    if weight is None:
+        return error.mean()
+    weight = weight[:, None].expand_as(error)
+    return (error * weight).mean() / weight.mean()
+
+
+def latent_foreground(work: str, recipe: TinyRecipe) -> torch.Tensor:
+    """Object fraction of every latent cell of the training set ``[N, f, h, w]`` (ground-truth masks of the same
+    specs as the latents stage, grouped like the causal VAE; cached in ``latents/foreground.pt``)."""
+    path = os.path.join(work, "latents", "foreground.pt")
+    if os.path.isfile(path):
+        return torch.load(path, map_location="cpu")
+    shape = torch.load(os.path.join(work, "latents", "latents.pt"), map_location="cpu")["latents"].shape
+    fractions = []
+    for i in range(recipe.num_videos):
+        _, masks = data.render(data.sample_spec(recipe.seed, i, two_object_prob=recipe.two_object_prob))
+        fractions.append(pixel_to_latent_mask(torch.from_numpy(masks.any(axis=0)), shape[2:]))
+    result = torch.stack(fractions)
+    torch.save(result, path)
+    return result
 
 
 def run_dit_stage(work: str, recipe: TinyRecipe, log, stop_after: int | None = None) -> None:
-    """Trains the DiT and the T5 (``stop_after``: return after that many steps, as an interruption would)."""
-    stage = _stage_dir(work, "dit")
+    """Trains the DiT and the T5 from their initialisation through ``recipe.dit_phases`` (``stop_after``: return
+    after that many steps of a phase, as an interruption would)."""
+    for index in range(len(recipe.dit_phases)):
+        if not _train_dit_phase(work, recipe, log, index, stop_after):
+            return
+
+
+def _train_dit_phase(work: str, recipe: TinyRecipe, log, index: int, stop_after: int | None) -> bool:
+    """Phase ``index`` (batch draws depend on the global step); False when interrupted."""
+    phase = recipe.dit_phases[index]
+    step_offset = sum(p.steps for p in recipe.dit_phases[:index])
+    stage = _stage_dir(work, phase.name)
     if is_done(stage):
-        return
+        return True
+    batch = recipe.dit_batch
     dataset = torch.load(os.path.join(work, "latents", "latents.pt"), map_location="cpu")
     latents, captions = dataset["latents"], dataset["captions"]
+    foreground = latent_foreground(work, recipe) if phase.foreground_weight > 0 else None
     tokenizer = HuggingfaceTokenizer(os.path.join(work, "text", "tokenizer"), seq_len=recipe.dit_config()["text_len"],
                                      clean="whitespace")
     ids, mask = tokenizer(captions + [""], return_mask=True, add_special_tokens=True)
     dit, t5 = initial_dit_and_t5(work, recipe)
     params = list(dit.parameters()) + list(t5.parameters())
-    optimizer = torch.optim.AdamW(params, lr=recipe.dit_lr, betas=(0.9, 0.99), weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=phase.lr, betas=(0.9, 0.99), weight_decay=recipe.weight_decay)
     ema = {"dit": {k: v.clone() for k, v in dit.state_dict().items()},
            "t5": {k: v.clone() for k, v in t5.state_dict().items()}}
+    if index:  # the previous phase's final state
+        previous = recipe.dit_phases[index - 1]
+        carried = os.path.join(work, previous.name, f"step_{previous.steps:06d}.pt")
+        state = torch.load(carried, map_location="cpu", weights_only=False)
+        dit.load_state_dict(state["dit"]), t5.load_state_dict(state["t5"]), optimizer.load_state_dict(state["opt"])
+        ema = state["ema"]
     start = _resume(stage, {"dit": dit, "t5": t5, "opt": optimizer}, log)
     if start:
         ema = torch.load(latest_step_file(stage)[1], map_location="cpu", weights_only=False)["ema"]
     else:
-        log(f"dit: {_count(dit)} parameters, T5 {_count(t5)}, {len(captions)} videos, {recipe.dit_steps} steps")
+        log(f"{phase.name}: {_count(dit)} parameters, T5 {_count(t5)}, {len(captions)} videos, {phase.steps} steps, "
+            f"foreground weight {phase.foreground_weight}")
     dit.train(), t5.train()
     empty = len(captions)
     with batched_rope():
-        for step in range(start, recipe.dit_steps):
-            generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-            index = torch.randint(len(captions), (recipe.dit_batch,), generator=generator)
-            text = torch.where(torch.rand(recipe.dit_batch, generator=generator) < recipe.caption_dropout,
-                               empty, index)
+        for step in range(start, phase.steps):
+            generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step_offset + step)
+            index = torch.randint(len(captions), (batch,), generator=generator)
+            text = torch.where(torch.rand(batch, generator=generator) < recipe.caption_dropout, empty, index)
             for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, recipe.dit_steps, recipe.dit_lr, recipe.dit_warmup,
-                                        recipe.dit_min_lr_ratio)
-            loss = dit_loss(dit, t5, latents[index], ids[text], mask[text], recipe, generator)
+                group["lr"] = cosine_lr(step, phase.steps, phase.lr, phase.warmup, recipe.dit_min_lr_ratio)
+            weight = None if foreground is None else 1.0 + phase.foreground_weight * foreground[index]
+            loss = dit_loss(dit, t5, latents[index], ids[text], mask[text], recipe, generator, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad = torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             ema_update(ema["dit"], dit, recipe.ema_decay)
             ema_update(ema["t5"], t5, recipe.ema_decay)
-            if step % 20 == 0 or step == recipe.dit_steps - 1:
-                log(f"dit step {step + 1}/{recipe.dit_steps} loss {loss.item():.4f} grad {grad.item():.3f}")
-            if (step + 1) % recipe.save_every == 0 or step == recipe.dit_steps - 1:
+            if step % 20 == 0 or step == phase.steps - 1:
+                log(f"{phase.name} step {step + 1}/{phase.steps} loss {loss.item():.4f} grad {grad.item():.3f}")
+            if (step + 1) % recipe.save_every == 0 or step == phase.steps - 1:
                 save_step(stage, step + 1, {"dit": dit.state_dict(), "t5": t5.state_dict(),
                                             "opt": optimizer.state_dict(), "ema": ema})
             if stop_after is not None and step + 1 >= stop_after:
-                return
+                return False
     torch.save(ema, os.path.join(stage, "ema.pt"))
     mark_done(stage)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -281,11 +322,12 @@ def initial_dit_and_t5(work: str, recipe: TinyRecipe) -> tuple[WanModel, T5Encod
 
 
 def run_export_stage(work: str, recipe: TinyRecipe, out_dir: str, log) -> None:
-    ema = torch.load(os.path.join(work, "dit", "ema.pt"), map_location="cpu")
+    ema = torch.load(os.path.join(work, recipe.dit_phases[-1].name, "ema.pt"), map_location="cpu")
     dit, t5 = initial_dit_and_t5(work, recipe)
-    # the EMA started at the initial weights; with 0.998 ** steps of them left in it, remove them
-    ema = {"dit": ema_debiased(ema["dit"], dit.state_dict(), recipe.ema_decay, recipe.dit_steps),
-           "t5": ema_debiased(ema["t5"], t5.state_dict(), recipe.ema_decay, recipe.dit_steps)}
+    # the EMA started at the initial weights; with decay ** updates of them left in it, remove them
+    updates = sum(phase.steps for phase in recipe.dit_phases)
+    ema = {"dit": ema_debiased(ema["dit"], dit.state_dict(), recipe.ema_decay, updates),
+           "t5": ema_debiased(ema["t5"], t5.state_dict(), recipe.ema_decay, updates)}
     latents = torch.load(os.path.join(work, "latents", "latents.pt"), map_location="cpu")
     vae_path = os.path.join(work, "decoder", "vae.pt")
     if not os.path.isfile(vae_path):

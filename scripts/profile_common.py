@@ -1,0 +1,221 @@
+"""Model-independent parts of the profiling command lines (``profile_wan.py``, ``profile_hunyuan.py``).
+
+Both scripts take the same profiling options; Wan2.1 spells its flags with underscores (``--cache_k``, as its
+``generate.py``), HunyuanVideo with dashes (``--cache-k``, as its ``sample_video.py``). Every helper that names a
+flag in a message takes that spelling as ``dash`` ("_" or "-"); argparse stores both under the same attribute
+names (``args.cache_k``), so the helpers read the same fields for both models.
+
+Outputs are never left half-written: JSON goes through :func:`write_json_atomic`, figures through
+``common_cache.profiling.save_figure_atomic``; finished prompts are kept in ``<out>.partial.json`` so that
+``--resume`` can continue an interrupted run (:func:`read_partial`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+
+from common_cache.profiling import (
+    HighAttentionRule,
+    MaskVideoProvider,
+    PCAMaskProvider,
+    ProfileSettings,
+    ProfileStatistics,
+    SAM2MaskProvider,
+    plot_step_change,
+    uniform_refresh_count,
+)
+
+
+def flag(name: str, dash: str = "_") -> str:
+    """The command-line spelling of option ``name`` (an attribute name): ``flag("cache_k", "-") == "--cache-k"``."""
+    return "--" + name.replace("_", dash)
+
+
+def add_mask_args(parser: argparse.ArgumentParser, dash: str = "_") -> None:
+    """The foreground-mask options (``dash``: the CLI's word separator, ``_`` for Wan2.1, ``-`` for HunyuanVideo)."""
+    masks = parser.add_argument_group("foreground masks")
+    masks.add_argument(flag("mask_provider", dash), default="pca", choices=["pca", "video", "sam2"])
+    masks.add_argument(flag("mask_source", dash), default="clean", choices=["clean", "prediction"],
+                       help="pca/sam2: the clean-latent estimate x_t - sigma*v, or the raw velocity prediction.")
+    masks.add_argument(flag("mask_method", dash), default="kmeans", choices=["kmeans", "otsu"])
+    masks.add_argument(flag("mask_videos", dash), default=None,
+                       help="video provider: comma-separated mask files (.npy, .mp4, .gif), one per prompt.")
+    masks.add_argument(flag("sam2_checkpoint", dash), default=None)
+    masks.add_argument(flag("sam2_config", dash), default=None)
+    masks.add_argument(flag("mask_pooling", dash), default="fraction", choices=["fraction", "majority", "any"])
+
+
+def write_json_atomic(data: dict, path: str) -> None:
+    """Writes ``data`` as JSON under a temporary name in the same folder, then renames it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_key(args: argparse.Namespace, keys: Sequence[str]) -> dict:
+    """What must match for ``--resume`` to continue a partial run, in its JSON form (tuples become lists), so that
+    it compares equal to the key read back from the partial file."""
+    return json.loads(json.dumps({k: getattr(args, k) for k in keys}))
+
+
+def read_partial(args: argparse.Namespace, partial: str, key: dict) -> dict | None:
+    """The partial file's content when ``--resume`` is given and the file exists, else None.
+
+    Raises:
+        ValueError: the file was written with other settings (its run key differs from ``key``).
+    """
+    if not args.resume or not os.path.isfile(partial):
+        return None
+    with open(partial) as handle:
+        data = json.load(handle)
+    if data.get("run") != key:
+        raise ValueError(f"--resume: {partial} was written with other settings; rerun without --resume to start over")
+    return data
+
+
+def load_partial(args: argparse.Namespace, partial: str, key: dict) -> ProfileStatistics | None:
+    """The statistics of the prompts finished before an interruption (see :func:`read_partial`), or None."""
+    data = read_partial(args, partial, key)
+    return None if data is None else ProfileStatistics.from_dict(data["statistics"])
+
+
+def make_settings(args: argparse.Namespace) -> ProfileSettings:
+    """The decision settings of the command line (``args.cache_k``: an int, a group -> int mapping or None)."""
+    return ProfileSettings(statistic=args.statistic, first_step=args.score_from_step, cache_k=args.cache_k,
+                           tau=args.tau, warmup_steps=args.warmup, refresh_budget=args.refresh_budget,
+                           interval=args.interval)
+
+
+def resolve_prompts(args: argparse.Namespace, dash: str = "_",
+                    defaults: Callable[[int | None], list[str]] | None = None, missing_hint: str = "") -> list[str]:
+    """The profiling prompts: every ``--prompt``, then the lines of ``--prompt_file``, cut to ``--num_prompts``.
+
+    Args:
+        args: with ``prompt`` (a list or None), ``prompt_file``, ``num_prompts``.
+        dash: flag spelling for messages.
+        defaults: built-in prompts when none are given (called with ``--num_prompts``); None: there are none.
+        missing_hint: appended to the error when no prompt is given.
+
+    Raises:
+        ValueError: no prompt at all, or ``--num_prompts`` < 1.
+        FileNotFoundError: a missing ``--prompt_file``.
+    """
+    prompts = list(args.prompt or [])
+    if args.prompt_file:
+        if not os.path.isfile(args.prompt_file):
+            raise FileNotFoundError(f"{flag('prompt_file', dash)} not found: {args.prompt_file}")
+        with open(args.prompt_file, encoding="utf-8") as handle:
+            prompts += [line.strip() for line in handle if line.strip()]
+    if not prompts and defaults is not None:
+        prompts = defaults(args.num_prompts)
+    if not prompts:
+        raise ValueError(f"no profiling prompts: pass --prompt (repeatable) or {flag('prompt_file', dash)}"
+                         + missing_hint)
+    if args.num_prompts is not None:
+        if args.num_prompts < 1:
+            raise ValueError(f"{flag('num_prompts', dash)} {args.num_prompts} is not allowed: expected >= 1")
+        prompts = prompts[: args.num_prompts]
+    return prompts
+
+
+def check_mask_flags(args: argparse.Namespace, dash: str = "_") -> None:
+    """Refuses incomplete mask-provider options (before any model is loaded)."""
+    if args.mask_provider == "sam2" and (not args.sam2_checkpoint or not args.sam2_config):
+        raise ValueError(f"{flag('mask_provider', dash)} sam2 needs {flag('sam2_checkpoint', dash)} PATH and "
+                         f"{flag('sam2_config', dash)} NAME")
+    if args.mask_provider == "video":
+        paths = [p for p in (args.mask_videos or "").split(",") if p]
+        if len(paths) != len(args.prompts):
+            raise ValueError(f"{flag('mask_videos', dash)} has {len(paths)} files for {len(args.prompts)} prompts: "
+                             "give one per prompt")
+
+
+def make_mask_provider(args: argparse.Namespace, temporal_stride: int, dash: str = "_"):
+    """The foreground-mask provider of the command line.
+
+    Args:
+        args: with ``mask_provider``, ``mask_source``, ``mask_method``, ``mask_videos``, ``sam2_*``, ``prompts``.
+        temporal_stride: the VAE's temporal compression (pixel frames -> latent frames of user masks).
+        dash: flag spelling for messages.
+    """
+    check_mask_flags(args, dash)
+    if args.mask_provider == "pca":
+        return PCAMaskProvider(source=args.mask_source, method=args.mask_method)
+    if args.mask_provider == "sam2":
+        return SAM2MaskProvider(args.sam2_checkpoint, args.sam2_config)
+    paths = [p for p in args.mask_videos.split(",") if p]
+    return MaskVideoProvider(paths, temporal_stride=temporal_stride)
+
+
+def check_decision_flags(args: argparse.Namespace, num_steps: int, dash: str = "_",
+                         check_cache_k: Callable[[argparse.Namespace], None] | None = None) -> None:
+    """Checks the statistics and decision flags and fills their derived values.
+
+    Sets ``args.reuse_every`` (1 with ``--statistic reuse_error`` when not given), ``args.refresh_budget`` (an int
+    or None; ``auto`` = the uniform schedule's refresh count) and ``args.rule`` (the high-attention rule).
+
+    Args:
+        args: the parsed command line.
+        num_steps: denoising steps of every profiled generation.
+        dash: flag spelling for messages.
+        check_cache_k: the model's check of ``--cache_k`` against its depths, run right after the warm-up check.
+
+    Raises:
+        ValueError: naming the flag, the value and what is allowed.
+    """
+    if not 0 <= args.warmup < num_steps:
+        raise ValueError(f"{flag('warmup', dash)} {args.warmup} is not allowed: expected 0..{num_steps - 1}")
+    if check_cache_k is not None:
+        check_cache_k(args)
+    if args.cache_k is not None and args.tau is not None:
+        raise ValueError(f"{flag('cache_k', dash)} and {flag('tau', dash)} exclude each other: give one")
+    for name, low in (("attention_every", 1), ("reuse_every", 0)):
+        if getattr(args, name) < low:
+            raise ValueError(f"{flag(name, dash)} {getattr(args, name)} is not allowed: expected an integer >= {low}")
+    if args.statistic == "reuse_error" and args.reuse_every == 0:
+        args.reuse_every = 1
+    if args.interval < 1:
+        raise ValueError(f"{flag('interval', dash)} {args.interval} is not allowed: expected >= 1")
+    if args.refresh_budget == "auto":
+        args.refresh_budget = uniform_refresh_count(args.interval, args.warmup, num_steps)
+    elif args.refresh_budget is not None:
+        if not args.refresh_budget.isdigit() or int(args.refresh_budget) < 1:
+            raise ValueError(f"{flag('refresh_budget', dash)} {args.refresh_budget} is not allowed: expected 'auto' "
+                             "or an integer >= 1")
+        args.refresh_budget = int(args.refresh_budget)
+    args.rule = HighAttentionRule.parse(args.threshold)
+
+
+def plot_refresh_schedules(statistics: ProfileStatistics, refresh: Sequence[int], args: argparse.Namespace,
+                           path: str, title: str) -> str:
+    """The step-change curve with the profile's refresh steps and, when they differ, the uniform ``--interval``
+    schedule's (the paper's Fig. 4)."""
+    uniform = tuple(range(args.warmup, statistics.num_steps, args.interval))
+    schedules = {"profile": tuple(refresh)}
+    if tuple(refresh) != uniform:
+        schedules[f"uniform interval {args.interval}"] = uniform
+    return plot_step_change(statistics.change_curve(), path, schedules, args.warmup, title=title)
+
+
+def cli_main(parse_args, validate, run, argv: list[str] | None) -> int:
+    """The profilers' entry point: parse, check every value, run; bad input -> a logged message and exit code 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s", stream=sys.stdout)
+    args = parse_args(argv)
+    try:
+        validate(args)
+        return run(args, argv)
+    except (ValueError, FileNotFoundError) as err:
+        logging.error("%s", err)
+        return 2
