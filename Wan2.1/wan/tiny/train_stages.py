@@ -28,7 +28,7 @@ from .checkpoints import (StageLog, cosine_lr, ema_debiased, ema_update, is_done
                           save_step)
 from .export import export_checkpoint
 from .fast_rope import batched_rope
-from .recipe import DitPhase, TinyRecipe
+from .recipe import TinyRecipe
 from .vae_init import TINY_VAE_CONFIG, closed_form_vae
 
 STAGES = ("text", "vae", "latents", "decoder", "dit", "export")
