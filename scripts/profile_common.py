@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 
 from common_cache.profiling import (
+    STATISTICS,
     HighAttentionRule,
     MaskVideoProvider,
     PCAMaskProvider,
@@ -49,6 +50,40 @@ def add_mask_args(parser: argparse.ArgumentParser, dash: str = "_") -> None:
     masks.add_argument(flag("sam2_checkpoint", dash), default=None)
     masks.add_argument(flag("sam2_config", dash), default=None)
     masks.add_argument(flag("mask_pooling", dash), default="fraction", choices=["fraction", "majority", "any"])
+
+
+def add_decision_args(parser: argparse.ArgumentParser, cache_k: dict, default_out: str,
+                      dash: str = "_") -> argparse._ArgumentGroup:
+    """The statistics, decision and output options; ``cache_k``: the model's ``add_argument`` keywords for
+    ``--cache_k`` (one group or several). Returns the decisions group (for model-specific additions)."""
+    def opt(name: str) -> str:
+        return flag(name, dash)
+
+    decide = parser.add_argument_group("statistics and decisions")
+    decide.add_argument(opt("threshold"), default="mean", help="High-attention tokens: mean, mean+<k>std, top<q>.")
+    decide.add_argument(opt("statistic"), default="r_attn", choices=list(STATISTICS))
+    decide.add_argument(opt("reuse_every"), type=int, default=0,
+                        help="Measure reuse_error (each block cached alone, anchors every interval steps from the "
+                             "warm-up) on every n-th step between anchors; 0 = not measured (default unless "
+                             f"{opt('statistic')} reuse_error, which sets 1).")
+    decide.add_argument(opt("score_from_step"), type=int, default=None, help="Default: the warm-up length.")
+    decide.add_argument(opt("cache_k"), **cache_k)
+    decide.add_argument(opt("tau"), type=float, default=None, help="Cache blocks scoring below tau.")
+    decide.add_argument(opt("warmup"), type=int, default=6)
+    decide.add_argument(opt("refresh_budget"), default=None,
+                        help="Refresh steps (warm-up end included) placed by the step-change curve; 'auto': as many "
+                             f"as the uniform {opt('interval')} schedule has.")
+    decide.add_argument(opt("interval"), type=int, default=6,
+                        help=f"Uniform refresh interval (used without {opt('refresh_budget')}; also the budget of "
+                             f"{opt('refresh_budget')} auto).")
+    decide.add_argument(opt("query_chunk"), type=int, default=256)
+    decide.add_argument(opt("attention_every"), type=int, default=1,
+                        help="Measure attention on every n-th step only (cost on large models).")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--out", default=None, help=f"Profile JSON (default: {default_out}).")
+    out.add_argument("--figures", default=None, help="Figure path prefix (default: --out without .json).")
+    out.add_argument("--resume", action="store_true", help="Continue from <out>.partial.json.")
+    return decide
 
 
 def write_json_atomic(data: dict, path: str) -> None:

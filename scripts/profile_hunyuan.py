@@ -40,7 +40,6 @@ from tqdm import tqdm  # noqa: E402
 
 import sample_video  # noqa: E402
 from common_cache.profiling import (  # noqa: E402
-    STATISTICS,
     ProfileStatistics,
     ProfilingRecorder,
     build_profile,
@@ -58,6 +57,7 @@ from hyvideo.inference import SEED_RANGE, component_paths  # noqa: E402
 from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG  # noqa: E402
 from hyvideo.profiling import HunyuanProfiling  # noqa: E402
 from profile_common import (  # noqa: E402
+    add_decision_args,
     add_mask_args,
     check_decision_flags,
     cli_main,
@@ -96,32 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--prompt-file", default=None, help="A text file with one prompt per line.")
     prompts.add_argument("--num-prompts", type=int, default=None, help="Use the first N prompts.")
     add_mask_args(parser, "-")
-    decide = parser.add_argument_group("statistics and decisions")
+    cache_k = dict(action="append", default=None, metavar="K|GROUP:K",
+                   help="Cache this many blocks: one integer for every profiled group, or GROUP:K (repeat the flag "
+                        "per group; a group without K is split at its mean score).")
+    decide = add_decision_args(parser, cache_k, "./cache_profile_hunyuan.json", "-")
     decide.add_argument("--groups", default=",".join(GROUPS),
                         help="Stream groups to profile, comma-separated: double,single (default) or single (the "
                              "paper's setting; the double-stream blocks then stay uncached).")
-    decide.add_argument("--threshold", default="mean", help="High-attention tokens: mean, mean+<k>std, top<q>.")
-    decide.add_argument("--statistic", default="r_attn", choices=list(STATISTICS))
-    decide.add_argument("--reuse-every", type=int, default=0,
-                        help="Measure reuse_error on every n-th step between anchors; 0 = not measured (default "
-                             "unless --statistic reuse_error, which sets 1).")
-    decide.add_argument("--score-from-step", type=int, default=None, help="Default: the warm-up length.")
-    decide.add_argument("--cache-k", action="append", default=None, metavar="K|GROUP:K",
-                        help="Cache this many blocks: one integer for every profiled group, or GROUP:K (repeat the "
-                             "flag per group; a group without K is split at its mean score).")
-    decide.add_argument("--tau", type=float, default=None, help="Cache blocks scoring below tau.")
-    decide.add_argument("--warmup", type=int, default=6)
-    decide.add_argument("--refresh-budget", default=None,
-                        help="Refresh steps (warm-up end included) placed by the step-change curve; 'auto': as many "
-                             "as the uniform --interval schedule has.")
-    decide.add_argument("--interval", type=int, default=6, help="Uniform refresh interval (without --refresh-budget).")
-    decide.add_argument("--query-chunk", type=int, default=256)
-    decide.add_argument("--attention-every", type=int, default=1,
-                        help="Measure attention on every n-th step only (cost on large models).")
-    out = parser.add_argument_group("outputs")
-    out.add_argument("--out", default=None, help="Profile JSON (default: ./cache_profile_hunyuan.json).")
-    out.add_argument("--figures", default=None, help="Figure path prefix (default: --out without .json).")
-    out.add_argument("--resume", action="store_true", help="Continue from <out>.partial.json.")
     return parser.parse_args(argv)
 
 

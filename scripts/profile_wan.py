@@ -32,11 +32,11 @@ from tqdm import tqdm  # noqa: E402
 from common_cache.profiling import (  # noqa: E402
     ProfileStatistics,
     ProfilingRecorder,
-    STATISTICS,
     build_profile,
     plot_heatmap,
 )
 from profile_common import (  # noqa: E402
+    add_decision_args,
     add_mask_args,
     check_decision_flags,
     cli_main,
@@ -78,30 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--num_prompts", type=int, default=None,
                          help="Use the first N prompts (t2v-tiny without prompts: N training captions, default 8).")
     add_mask_args(parser)
-    decide = parser.add_argument_group("statistics and decisions")
-    decide.add_argument("--threshold", default="mean", help="High-attention tokens: mean, mean+<k>std, top<q>.")
-    decide.add_argument("--statistic", default="r_attn", choices=list(STATISTICS))
-    decide.add_argument("--reuse_every", type=int, default=0,
-                        help="Measure reuse_error (each block cached alone, anchors every --interval steps from the "
-                             "warm-up) on every n-th step between anchors; 0 = not measured (default unless "
-                             "--statistic reuse_error, which sets 1).")
-    decide.add_argument("--score_from_step", type=int, default=None, help="Default: the warm-up length.")
-    decide.add_argument("--cache_k", type=int, default=None, help="Cache this many blocks (compute budget).")
-    decide.add_argument("--tau", type=float, default=None, help="Cache blocks scoring below tau.")
-    decide.add_argument("--warmup", type=int, default=6)
-    decide.add_argument("--refresh_budget", default=None,
-                        help="Refresh steps (warm-up end included) placed by the step-change curve; 'auto': as many "
-                             "as the uniform --interval schedule has.")
-    decide.add_argument("--interval", type=int, default=6,
-                        help="Uniform refresh interval (used without --refresh_budget; also the budget of "
-                             "--refresh_budget auto).")
-    decide.add_argument("--query_chunk", type=int, default=256)
-    decide.add_argument("--attention_every", type=int, default=1,
-                        help="Measure attention on every n-th step only (cost on large models).")
-    out = parser.add_argument_group("outputs")
-    out.add_argument("--out", default=None, help="Profile JSON (default: ./cache_profile_<task>.json).")
-    out.add_argument("--figures", default=None, help="Figure path prefix (default: --out without .json).")
-    out.add_argument("--resume", action="store_true", help="Continue from <out>.partial.json.")
+    add_decision_args(parser, dict(type=int, default=None, help="Cache this many blocks (compute budget)."),
+                      "./cache_profile_<task>.json")
     return parser.parse_args(argv)
 
 
