@@ -15,6 +15,7 @@ from common_cache.config import CacheConfig, CacheProfile, StreamGroupConfig
 from common_cache.files import atomic_path, load_component
 from common_cache.delta_cache import DeltaCache, attach_cache, detach_cache
 from common_cache.report import (
+    DenoiseTimer,
     GenerationReport,
     log_cache_profile,
     log_cache_summary,
@@ -31,6 +32,7 @@ __all__ = [
     "CacheStats",
     "CacheUnit",
     "DeltaCache",
+    "DenoiseTimer",
     "GenerationReport",
     "GroupPlan",
     "LinearSchedule",

@@ -346,6 +346,19 @@ def init_sequence_parallel(degrees: ParallelDegrees, env: LaunchEnv | None = Non
     return SequenceParallel(degrees, env.rank, device, _long_context_attention(device))
 
 
+def start_sequence_parallel(degrees: ParallelDegrees, env: LaunchEnv | None, shards: str) -> SequenceParallel | None:
+    """A command line's launch: None on one process; else :func:`init_sequence_parallel`, ranks other than 0
+    quietened (warnings and errors only) and the layout logged once. ``shards``: what each rank holds, for the log
+    (e.g. "1/4 of the tokens")."""
+    if degrees.size == 1:
+        return None
+    sp = init_sequence_parallel(degrees, env)
+    quiet_other_ranks(sp.rank)
+    logging.getLogger(__name__).info("sequence parallelism %s over %d processes on %s: every rank holds %s; cache "
+                                     "buffers are per rank", degrees.tag(), sp.world_size, sp.device, shards)
+    return sp
+
+
 def shutdown() -> None:
     """Destroys the default process group if there is one (end of a run, success or error)."""
     if dist.is_available() and dist.is_initialized():

@@ -28,7 +28,9 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+import video_metrics  # noqa: E402
 from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache  # noqa: E402
 from wan.cache_profiles import builtin_profile_path  # noqa: E402
 from wan.configs import WAN_CONFIGS  # noqa: E402
@@ -38,17 +40,11 @@ from wan.tiny import adherence, data, sheet  # noqa: E402
 TASK = "t2v-tiny"
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two videos in [0, 1] (inf when identical)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean SSIM over frames of two ``[T, H, W, 3]`` videos in [0, 1] (scikit-image, 7x7 window)."""
-    from skimage.metrics import structural_similarity
-
-    return float(np.mean([structural_similarity(x, y, data_range=1.0, channel_axis=-1) for x, y in zip(a, b)]))
+def fidelity(cached: np.ndarray, full: np.ndarray, name: str) -> dict[str, float]:
+    """PSNR (from the whole video's MSE) and SSIM of the cached video against the full one, on the uint8 frames
+    that go into the mp4, by the project's metrics tool (as scripts/bench_runner.py reports them)."""
+    metrics = video_metrics.compare(video_metrics.as_uint8_video(full), video_metrics.as_uint8_video(cached), name)
+    return {"psnr": metrics["psnr_video"], "ssim": metrics["ssim"]}
 
 
 def generate(pipeline: WanT2V, prompt: str, seed: int, steps: int, guide_scale: float):
@@ -79,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         rows.append({
             "prompt": prompt, "seed": seed, "full_seconds": full_report.denoise_seconds,
             "cached_seconds": cached_report.denoise_seconds, "ideal_speedup": cache.stats.ideal_speedup,
-            "psnr": psnr(cached, full), "ssim": ssim(cached, full),
+            **fidelity(cached, full, prompt),
             "full": _score_dict(full_scores[-1]), "cached": _score_dict(cached_scores[-1]),
         })
         if index < args.sheet_rows:

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -84,6 +85,36 @@ def add_decision_args(parser: argparse.ArgumentParser, cache_k: dict, default_ou
     out.add_argument("--figures", default=None, help="Figure path prefix (default: --out without .json).")
     out.add_argument("--resume", action="store_true", help="Continue from <out>.partial.json.")
     return decide
+
+
+def run_metadata(args: argparse.Namespace, script: str, argv: list[str], seconds: float) -> dict:
+    """The model-independent part of a profile's metadata: seeds, mask and high-attention settings, the command."""
+    return {
+        "seeds": [args.base_seed + i for i in range(len(args.prompts))],
+        "mask_provider": {"name": args.mask_provider, "source": args.mask_source, "method": args.mask_method,
+                          "pooling": args.mask_pooling},
+        "high_attention": args.rule.text(),
+        "command": f"python scripts/{script} " + shlex.join(argv),
+        "profiling_seconds": round(seconds, 1),
+    }
+
+
+def profile_or_resume_later(run_prompts, bar, recorder, partial: str, num_prompts: int, write_outputs) -> int:
+    """Runs ``run_prompts()``; on Ctrl-C keeps the partial file for ``--resume`` (exit code 130), else passes the
+    statistics to ``write_outputs`` and removes the partial file (exit code 0)."""
+    try:
+        statistics = run_prompts()
+    except KeyboardInterrupt:
+        bar.close()
+        kept = len(recorder.statistics.prompts) if recorder.statistics else 0
+        logging.warning("interrupted: %d of %d prompts are saved in %s; rerun with --resume to continue", kept,
+                        num_prompts, partial)
+        return 130
+    bar.close()
+    write_outputs(statistics)
+    if os.path.exists(partial):
+        os.remove(partial)
+    return 0
 
 
 def write_json_atomic(data: dict, path: str) -> None:

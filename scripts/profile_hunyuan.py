@@ -26,7 +26,6 @@ import argparse
 import logging
 import os
 import random
-import shlex
 import sys
 import time
 
@@ -65,9 +64,11 @@ from profile_common import (  # noqa: E402
     make_mask_provider,
     make_settings,
     plot_refresh_schedules,
+    profile_or_resume_later,
     read_partial,
     resolve_prompts,
     run_key,
+    run_metadata,
     write_json_atomic,
 )
 
@@ -226,19 +227,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         write_json_atomic({"run": key, "seed": args.base_seed, "statistics": stats.to_dict()}, partial)
         bar.update(1)
 
-    try:
-        statistics = profile_prompts(args, sampler, recorder, done, saved)
-    except KeyboardInterrupt:
-        bar.close()
-        kept = len(recorder.statistics.prompts) if recorder.statistics else 0
-        logging.warning("interrupted: %d of %d prompts are saved in %s; rerun with --resume to continue", kept,
-                        len(args.prompts), partial)
-        return 130
-    bar.close()
-    write_outputs(args, statistics, depths, argv, time.perf_counter() - start)
-    if os.path.exists(partial):
-        os.remove(partial)
-    return 0
+    return profile_or_resume_later(
+        lambda: profile_prompts(args, sampler, recorder, done, saved), bar, recorder, partial, len(args.prompts),
+        lambda statistics: write_outputs(args, statistics, depths, argv, time.perf_counter() - start))
 
 
 def draw_seed(seed: int | None) -> int:
@@ -297,12 +288,7 @@ def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, depth
         "depths": dict(depths), "groups": list(args.groups), "video_size": list(args.video_size),
         "video_length": args.video_length, "flow_shift": args.flow_shift, "flow_reverse": args.flow_reverse,
         "embedded_cfg_scale": args.embedded_cfg_scale, "cfg_scale": args.cfg_scale,
-        "seeds": [args.base_seed + i for i in range(len(args.prompts))],
-        "mask_provider": {"name": args.mask_provider, "source": args.mask_source, "method": args.mask_method,
-                          "pooling": args.mask_pooling},
-        "high_attention": args.rule.text(),
-        "command": "python scripts/profile_hunyuan.py " + shlex.join(argv),
-        "profiling_seconds": round(seconds, 1),
+        **run_metadata(args, "profile_hunyuan.py", argv, seconds),
     }
     profile = build_profile(statistics, make_settings(args), metadata)
     profile.save(args.out)

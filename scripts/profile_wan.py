@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 
@@ -44,6 +43,8 @@ from profile_common import (  # noqa: E402
     make_mask_provider,
     make_settings,
     plot_refresh_schedules,
+    profile_or_resume_later,
+    run_metadata,
     write_json_atomic,
 )
 from profile_common import resolve_prompts as resolve_prompt_flags  # noqa: E402
@@ -155,20 +156,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     generate_kwargs = dict(size=SIZE_CONFIGS[args.size], frame_num=args.frame_num, shift=args.sample_shift,
                            sample_solver=args.sample_solver, sampling_steps=args.sample_steps,
                            guide_scale=args.sample_guide_scale)
-    try:
-        statistics = profile_prompts(pipeline, recorder, args.prompts, generate_kwargs, args.base_seed, saved, done,
-                                     query_chunk=args.query_chunk)
-    except KeyboardInterrupt:
-        bar.close()
-        kept = len(recorder.statistics.prompts) if recorder.statistics else 0
-        logging.warning("interrupted: %d of %d prompts are saved in %s; rerun with --resume to continue", kept,
-                        len(args.prompts), partial)
-        return 130
-    bar.close()
-    write_outputs(args, statistics, argv, time.perf_counter() - start)
-    if os.path.exists(partial):
-        os.remove(partial)
-    return 0
+    return profile_or_resume_later(
+        lambda: profile_prompts(pipeline, recorder, args.prompts, generate_kwargs, args.base_seed, saved, done,
+                                query_chunk=args.query_chunk),
+        bar, recorder, partial, len(args.prompts),
+        lambda statistics: write_outputs(args, statistics, argv, time.perf_counter() - start))
 
 
 def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, argv: list[str], seconds: float) -> None:
@@ -177,12 +169,7 @@ def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, argv:
         "model": MODEL_NAMES.get(args.task, args.task), "task": args.task, "depth": config.num_layers,
         "size": args.size, "frame_num": args.frame_num, "sample_solver": args.sample_solver,
         "sample_shift": args.sample_shift, "sample_guide_scale": args.sample_guide_scale,
-        "seeds": [args.base_seed + i for i in range(len(args.prompts))],
-        "mask_provider": {"name": args.mask_provider, "source": args.mask_source, "method": args.mask_method,
-                          "pooling": args.mask_pooling},
-        "high_attention": args.rule.text(),
-        "command": "python scripts/profile_wan.py " + shlex.join(argv),
-        "profiling_seconds": round(seconds, 1),
+        **run_metadata(args, "profile_wan.py", argv, seconds),
     }
     profile = build_profile(statistics, make_settings(args), metadata)
     profile.save(args.out)

@@ -30,10 +30,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import video_metrics  # noqa: E402
 from common_cache import CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig  # noqa: E402
 from common_cache import UniformSchedule, attach_cache, detach_cache, parse_int_list  # noqa: E402
 from common_cache.profiling import (  # noqa: E402
@@ -193,9 +195,8 @@ def run_masks(args) -> dict:
 
 
 def psnr(video: torch.Tensor, reference: torch.Tensor) -> float:
-    """PSNR of two videos in [-1, 1] (mapped to [0, 1]); capped at 100 dB for identical videos."""
-    mse = (((video - reference) / 2) ** 2).mean().item()
-    return 100.0 if mse == 0 else min(100.0, 10 * math.log10(1.0 / mse))
+    """PSNR of two decoded videos ``[3, T, H, W]`` in [-1, 1], on their uint8 frames (the project's metrics tool)."""
+    return video_metrics.psnr_video(*(video_metrics.as_uint8_video(as_unit_video(v)) for v in (reference, video)))
 
 
 def generate(pipeline: WanT2V, prompt: str, seed: int, kwargs: dict, group: StreamGroupConfig | None):

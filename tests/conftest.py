@@ -1,4 +1,5 @@
-"""Test set-up: the model folders are run from inside (like the official repos), so put them on sys.path."""
+"""Test set-up: the model folders are run from inside (like the official repos), so put them (and the scripts) on
+sys.path."""
 
 import os
 import sys
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ("", "Wan2.1", "HunyuanVideo"):
+for sub in ("", "Wan2.1", "HunyuanVideo", "scripts"):
     path = os.path.join(ROOT, sub)
     if path not in sys.path:
         sys.path.insert(0, path)

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 from hy_ckpt_dit import make_tiny_dit, write_dit_checkpoint
@@ -26,6 +25,8 @@ from hy_ckpt_vae import tiny_vae_config, write_vae_checkpoint
 import sample_video
 from common_cache import CacheConfig, CacheProfile, StepListSchedule, StreamGroupConfig, UniformSchedule
 from hyvideo.config import parse_args
+from video_metrics import psnr_video as psnr  # uint8 frames, PSNR from the MSE over the whole video
+from video_metrics import read_video as read_frames  # [F, H, W, 3] uint8
 
 HY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "HunyuanVideo")
 DOUBLE, SINGLE, STEPS = 3, 6, 8
@@ -76,15 +77,6 @@ def videos_in(folder: str) -> dict[int, str]:
     names = os.listdir(folder)
     assert all(NAME.match(name) for name in names), names
     return {int(NAME.match(name).group(1)): os.path.join(folder, name) for name in names}
-
-
-def read_frames(path: str) -> np.ndarray:
-    return iio.imread(path, plugin="pyav")  # [F, H, W, 3] uint8
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")

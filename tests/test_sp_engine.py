@@ -10,6 +10,7 @@ process; it writes the measured errors to a JSON file. The argument checks run i
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,6 +45,45 @@ def torchrun(nproc: int, script: str, *args: str, cwd: str | None = None, timeou
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
                *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_layout_results(env, layouts: list[str], generate, out_path: str) -> None:
+    """Worker side of the pipeline tests: ``generate(name, cached) -> (video, cache buffer bytes)`` runs the
+    one-process pipeline ("single") and every layout ("UxR"), without and with the cache. Rank 0 writes, per layout
+    (and layout + "+cache"): every rank's buffer bytes, the one-process ones, and the largest difference from the
+    one-process video."""
+    result = {}
+    for cached in (False, True):
+        reference, reference_bytes = generate("single", cached)
+        for layout in layouts:
+            video, buffer_bytes = generate(layout, cached)
+            buffers = [None] * env.world_size
+            torch.distributed.all_gather_object(buffers, buffer_bytes)
+            key = f"{layout}{'+cache' if cached else ''}"
+            result[key] = {"buffers": buffers, "single_buffer": reference_bytes}
+            if env.rank == 0:
+                result[key]["max_abs"] = (video - reference).abs().max().item()
+    if env.rank == 0:
+        with open(out_path, "w") as handle:
+            json.dump(result, handle)
+
+
+def run_layouts(script: str, args: list[str], layouts: list[str], out_path: str, pythonpath: list[str],
+                tolerance: float) -> tuple[dict, int]:
+    """Test side: runs ``script`` (whose worker calls :func:`write_layout_results` with ``out_path``) on U x R
+    processes and checks every layout's video against one process, without and with the cache. Returns the
+    measurements and the process count."""
+    processes = math.prod(int(d) for d in layouts[0].split("x"))
+    scripts = os.path.join(ROOT, "scripts")  # the test modules the workers import use the metrics tool
+    result = torchrun(processes, script, *args, out_path, *layouts, pythonpath=[*pythonpath, scripts], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(out_path) as handle:
+        measured = json.load(handle)
+    print(json.dumps(measured))
+    for layout in layouts:
+        assert measured[layout]["max_abs"] < tolerance, layout
+        assert measured[layout + "+cache"]["max_abs"] < tolerance, layout
+    return measured, processes
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ files are compared loosely, PSNR > 30 dB (different seeds: < 20 dB): on these ti
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 
@@ -35,7 +34,7 @@ from test_hy_sample_video import (
     run_main,
     videos_in,
 )
-from test_sp_engine import torchrun
+from test_sp_engine import run_layouts, torchrun, write_layout_results
 
 VIDEO_TOLERANCE = 1e-4
 IMAGE_TOKENS, TEXT_TOKENS = 12, 256  # 5 frames of 32x48 -> 2 x 2 x 3 tokens; --text-len 256
@@ -83,20 +82,8 @@ def _worker(root: str, profile_file: str, out_path: str, layouts: list[str]) -> 
     for layout in layouts:  # "UxR"
         degrees = ParallelDegrees(*map(int, layout.split("x")))
         samplers[layout] = _sampler(args, root, device, init_sequence_parallel(degrees, env))
-    result = {}
-    for cached in (False, True):
-        reference, reference_bytes = _generate(samplers["single"], args, profile, cached, env.rank == 0)
-        for layout in layouts:
-            video, buffer_bytes = _generate(samplers[layout], args, profile, cached, env.rank == 0)
-            buffers = [None] * env.world_size
-            torch.distributed.all_gather_object(buffers, buffer_bytes)
-            key = f"{layout}{'+cache' if cached else ''}"
-            result[key] = {"buffers": buffers, "single_buffer": reference_bytes}
-            if env.rank == 0:
-                result[key]["max_abs"] = (video - reference).abs().max().item()
-    if env.rank == 0:
-        with open(out_path, "w") as handle:
-            json.dump(result, handle)
+    write_layout_results(env, layouts,
+                         lambda name, cached: _generate(samplers[name], args, profile, cached, env.rank == 0), out_path)
     shutdown()
 
 
@@ -106,16 +93,9 @@ def _worker(root: str, profile_file: str, out_path: str, layouts: list[str]) -> 
 
 def check_pipelines(root: str, profile: str, tmp_path, layouts: list[str]) -> None:
     """Runs the worker on U x R processes for each layout; checks videos and per-rank buffers."""
-    processes = math.prod(int(d) for d in layouts[0].split("x"))
-    out = str(tmp_path / "hunyuan.json")
-    result = torchrun(processes, os.path.abspath(__file__), root, profile, out, *layouts, pythonpath=[HY_DIR],
-                      timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    measured = json.load(open(out))
-    print(json.dumps(measured))
+    measured, processes = run_layouts(os.path.abspath(__file__), [root, profile], layouts,
+                                      str(tmp_path / "hunyuan.json"), [HY_DIR], VIDEO_TOLERANCE)
     for layout in layouts:
-        assert measured[layout]["max_abs"] < VIDEO_TOLERANCE, layout
-        assert measured[layout + "+cache"]["max_abs"] < VIDEO_TOLERANCE, layout
         # Every delta covers the 12 image tokens and the 256 text tokens; each rank holds 12 / processes image
         # tokens and all the text (replicated), so only the image part of its buffers shrinks.
         single = measured[layout + "+cache"]["single_buffer"]

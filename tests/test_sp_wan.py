@@ -18,14 +18,13 @@ files are compared loosely, PSNR > 30 dB (different seeds: < 20 dB): on these ti
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_sp_engine import torchrun
+from test_sp_engine import run_layouts, torchrun, write_layout_results
 from test_wan_generate import (
     STEPS,
     TASK,
@@ -71,20 +70,7 @@ def _worker(ckpt: str, profile_file: str, out_path: str, layouts: list[str]) -> 
     for layout in layouts:  # "UxR"
         sp = init_sequence_parallel(ParallelDegrees(*map(int, layout.split("x"))), env)
         pipelines[layout] = WanT2V(config, ckpt, rank=env.rank, device="cpu", use_usp=True, sequence_parallel=sp)
-    result = {}
-    for cached in (False, True):
-        reference, reference_bytes = _generate(pipelines["single"], profile, cached)
-        for layout in layouts:
-            video, buffer_bytes = _generate(pipelines[layout], profile, cached)
-            buffers = [None] * env.world_size
-            torch.distributed.all_gather_object(buffers, buffer_bytes)
-            key = f"{layout}{'+cache' if cached else ''}"
-            result[key] = {"buffers": buffers, "single_buffer": reference_bytes}
-            if env.rank == 0:
-                result[key]["max_abs"] = (video - reference).abs().max().item()
-    if env.rank == 0:
-        with open(out_path, "w") as handle:
-            json.dump(result, handle)
+    write_layout_results(env, layouts, lambda name, cached: _generate(pipelines[name], profile, cached), out_path)
     shutdown()
 
 
@@ -94,16 +80,9 @@ def _worker(ckpt: str, profile_file: str, out_path: str, layouts: list[str]) -> 
 
 def check_pipelines(ckpt: str, profile: str, tmp_path, layouts: list[str]) -> None:
     """Runs the worker on U x R processes for each layout; checks videos and per-rank buffers."""
-    processes = math.prod(int(d) for d in layouts[0].split("x"))
-    out = str(tmp_path / "wan.json")
-    result = torchrun(processes, os.path.abspath(__file__), ckpt, profile, out, *layouts, pythonpath=[WAN_DIR],
-                      timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    measured = json.load(open(out))
-    print(json.dumps(measured))
+    measured, processes = run_layouts(os.path.abspath(__file__), [ckpt, profile], layouts, str(tmp_path / "wan.json"),
+                                      [WAN_DIR], VIDEO_TOLERANCE)
     for layout in layouts:
-        assert measured[layout]["max_abs"] < VIDEO_TOLERANCE, layout
-        assert measured[layout + "+cache"]["max_abs"] < VIDEO_TOLERANCE, layout
         # Every rank caches its own shard of the 80 tokens: 1/processes of the one-process buffers on each rank.
         single = measured[layout + "+cache"]["single_buffer"]
         assert single > 0 and measured[layout + "+cache"]["buffers"] == [single // processes] * processes

@@ -149,8 +149,11 @@ def test_export_writes_the_official_layout(micro_run, tmp_path):
     shutil.copytree(micro_run, work)
     out = str(tmp_path / "ckpt")
     train_stages.run_stages(work, MICRO, out, ["dit", "export"], StageLog(work))
-    assert sorted(os.listdir(out)) == ["Wan2.1_VAE.pth", "config.json", "diffusion_pytorch_model.safetensors",
-                                       "google", "models_t5_umt5-xxl-enc-bf16.pth"]
+    assert sorted(os.listdir(out)) == ["Wan2.1_VAE.pth", "config.json",
+                                       "diffusion_pytorch_model-00001-of-00002.safetensors",
+                                       "diffusion_pytorch_model-00002-of-00002.safetensors",
+                                       "diffusion_pytorch_model.safetensors.index.json", "google",
+                                       "models_t5_umt5-xxl-enc-bf16.pth"]  # 12 MB of DiT: two shards of <= 8 MB
     assert {"tokenizer.json", "tokenizer_config.json", "spiece.model"} <= set(os.listdir(os.path.join(out, "google",
                                                                                                     "umt5-xxl")))
     with open(os.path.join(out, "config.json")) as handle:

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 
-import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -21,6 +20,8 @@ from common_cache import CacheConfig, CacheProfile, StreamGroupConfig, UniformSc
 from wan.configs import WAN_CONFIGS
 from wan_ckpt_dit import random_tiny_wan, write_wan_checkpoint
 from wan_ckpt_text import build_tiny_tokenizer, write_t5_checkpoint, write_vae_checkpoint
+from video_metrics import psnr_video as psnr  # uint8 frames, PSNR from the MSE over the whole video
+from video_metrics import read_video as read_frames  # [F, H, W, 3] uint8
 
 WAN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Wan2.1")
 TASK = "t2v-tiny"
@@ -68,15 +69,6 @@ def run_generate(*args: str) -> subprocess.CompletedProcess:
 def base_args(ckpt_dir: str, save_file: str, *extra: str) -> list[str]:
     return ["--task", TASK, "--ckpt_dir", ckpt_dir, "--prompt", "a red circle moves to the right",
             "--sample_steps", str(STEPS), "--base_seed", "42", "--save_file", save_file, *extra]
-
-
-def read_frames(path: str) -> np.ndarray:
-    return iio.imread(path, plugin="pyav")  # [F, H, W, 3] uint8
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import json
 import os
 
 import torch
-from safetensors.torch import save_file
 
 from wan.configs import WAN_CONFIGS
+from wan.modules.checkpoint import save_wan_weights
 from wan.modules.model import WanModel
 from wan_ckpt_text import build_tiny_tokenizer, write_t5_checkpoint, write_vae_checkpoint
 
@@ -58,23 +58,7 @@ def write_wan_checkpoint(folder: str, state_dict: dict, config: dict, num_shards
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"_class_name": "WanModel", "_diffusers_version": "0.30.0", **config}, f, indent=2)
-    tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
-    metadata = {"format": "pt"}
-    if num_shards == 1:
-        save_file(tensors, os.path.join(folder, "diffusion_pytorch_model.safetensors"), metadata=metadata)
-        return
-    keys = list(tensors)
-    per_shard = -(-len(keys) // num_shards)
-    weight_map = {}
-    for index in range(num_shards):
-        name = f"diffusion_pytorch_model-{index + 1:05d}-of-{num_shards:05d}.safetensors"
-        shard_keys = keys[index * per_shard : (index + 1) * per_shard]
-        save_file({key: tensors[key] for key in shard_keys}, os.path.join(folder, name), metadata=metadata)
-        weight_map.update({key: name for key in shard_keys})
-    total_size = sum(t.numel() * t.element_size() for t in tensors.values())
-    index_path = os.path.join(folder, "diffusion_pytorch_model.safetensors.index.json")
-    with open(index_path, "w", encoding="utf-8") as f:
-        json.dump({"metadata": {"total_size": total_size}, "weight_map": weight_map}, f, indent=2)
+    save_wan_weights(folder, state_dict, num_shards)
 
 
 def task_dit_config(task: str) -> dict:

@@ -20,7 +20,6 @@ the model's forward runs unchanged; :func:`parallelize_transformer` swaps its se
 from __future__ import annotations
 
 import argparse
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -31,16 +30,13 @@ from common_cache.distributed import (
     SequenceParallel,
     check_heads,
     check_parallel_degrees,
-    init_sequence_parallel,
-    quiet_other_ranks,
+    start_sequence_parallel,
 )
 
 from .modules.attention import TextSegments, attention, register_attention_backend
 from .modules.models import HUNYUAN_VIDEO_CONFIG, HYVideoDiffusionTransformer
 
 FLAGS = ("--ulysses-degree", "--ring-degree")
-
-logger = logging.getLogger(__name__)
 
 
 def degrees_from_args(args: argparse.Namespace) -> ParallelDegrees:
@@ -72,13 +68,7 @@ def init_parallel(args: argparse.Namespace, env: LaunchEnv | None = None) -> Seq
     Ranks other than 0 log warnings and errors only from here on.
     """
     degrees = degrees_from_args(args)
-    if degrees.size == 1:
-        return None
-    sp = init_sequence_parallel(degrees, env)
-    quiet_other_ranks(sp.rank)
-    logger.info("sequence parallelism %s over %d processes on %s: every rank holds 1/%d of the image tokens and all "
-                "text tokens; cache buffers are per rank", degrees.tag(), sp.world_size, sp.device, sp.world_size)
-    return sp
+    return start_sequence_parallel(degrees, env, f"1/{degrees.size} of the image tokens and all text tokens")
 
 
 @dataclass

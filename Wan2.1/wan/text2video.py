@@ -19,9 +19,8 @@ import random
 import sys
 import time
 import torch
-from tqdm import tqdm
 
-from common_cache import GenerationReport, load_component, saved_calls_text, step_context
+from common_cache import DenoiseTimer, GenerationReport, load_component, step_context
 
 from .distributed import parallelize_wan_model
 from .modules.checkpoint import load_wan_model
@@ -187,11 +186,9 @@ class WanT2V:
         if cache is not None:
             cache.begin(len(timesteps))
         latent = noise
-        bar = tqdm(total=len(timesteps), desc="denoising", disable=not progress or self.rank != 0)
-        loop_start = time.perf_counter()
+        timer = DenoiseTimer(report, cache, len(timesteps), self.device, progress and self.rank == 0)
         with self._autocast(), torch.no_grad():
             for index, t in enumerate(timesteps):
-                step_start = time.perf_counter()
                 timestep = torch.stack([t])
                 with step_context(cache, index, "cond"):
                     noise_pred_cond = self.model([latent], t=timestep, context=context, seq_len=seq_len)[0]
@@ -200,14 +197,8 @@ class WanT2V:
                 noise_pred = noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond)
                 latent = scheduler.step(noise_pred.unsqueeze(0), t, latent.unsqueeze(0), return_dict=False,
                                         generator=generator)[0].squeeze(0)
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                report.record_step(index, time.perf_counter() - step_start, cache)
-                bar.update(1)
-                if cache is not None:
-                    bar.set_postfix_str(saved_calls_text(cache))
-        bar.close()
-        report.denoise_seconds = time.perf_counter() - loop_start
+                timer.step_done(index)
+        timer.close()
         if offload_model and not self.on_cpu:
             self.model.cpu()
             torch.cuda.empty_cache()

@@ -10,15 +10,13 @@ message and exit code, and no rank is left waiting for another.
 from __future__ import annotations
 
 import argparse
-import logging
 
 from common_cache.distributed import (
     LaunchEnv,
     ParallelDegrees,
     SequenceParallel,
     check_parallel_degrees,
-    init_sequence_parallel,
-    quiet_other_ranks,
+    start_sequence_parallel,
 )
 
 FLAGS = ("--ulysses_size", "--ring_size")
@@ -60,10 +58,4 @@ def init_parallel(args: argparse.Namespace, env: LaunchEnv | None = None) -> Seq
     Call after :func:`check_parallel_args`. Ranks other than 0 log warnings and errors only from here on.
     """
     degrees = degrees_from_args(args)
-    if degrees.size == 1:
-        return None
-    sp = init_sequence_parallel(degrees, env)
-    quiet_other_ranks(sp.rank)
-    logging.info("sequence parallelism %s over %d processes on %s: every rank holds 1/%d of the tokens; cache "
-                 "buffers are per rank", degrees.tag(), sp.world_size, sp.device, sp.world_size)
-    return sp
+    return start_sequence_parallel(degrees, env, f"1/{degrees.size} of the tokens")

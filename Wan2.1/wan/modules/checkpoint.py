@@ -26,6 +26,7 @@ from collections.abc import Mapping
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from .model import WanModel
 
@@ -123,6 +124,40 @@ def check_config_matches(config: Mapping, expected_config: Mapping, ckpt_dir: st
         raise ValueError(
             f"{CONFIG_NAME} in {ckpt_dir!r} does not match the task config: " + ", ".join(problems)
         )
+
+
+def save_wan_weights(ckpt_dir: str, state_dict: Mapping[str, torch.Tensor], num_shards: int = 1) -> None:
+    """Writes DiT weights in the layout :func:`weight_files` reads: one ``diffusion_pytorch_model.safetensors``,
+    or ``num_shards`` shards of about equal size plus the index (the 14B layout). Files of the other layout in the
+    folder are removed, so that an old file can never shadow the new weights.
+
+    Args:
+        ckpt_dir: existing checkpoint folder.
+        state_dict: official key -> tensor (saved as they are: dtype and values unchanged).
+        num_shards: 1 for a single file, more for the sharded layout.
+    """
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} is not allowed: expected >= 1")
+    for name in os.listdir(ckpt_dir):
+        if name in (WEIGHTS_NAME, WEIGHTS_INDEX_NAME) or (name.startswith("diffusion_pytorch_model-")
+                                                          and name.endswith(".safetensors")):
+            os.remove(os.path.join(ckpt_dir, name))
+    tensors = {key: value.detach().contiguous() for key, value in state_dict.items()}
+    metadata = {"format": "pt"}
+    if num_shards == 1:
+        save_file(tensors, os.path.join(ckpt_dir, WEIGHTS_NAME), metadata=metadata)
+        return
+    sizes = {key: t.numel() * t.element_size() for key, t in tensors.items()}
+    total, done, weight_map = sum(sizes.values()), 0, {}
+    for key in tensors:  # shard i takes the keys whose bytes start in its equal share of the total
+        weight_map[key] = f"diffusion_pytorch_model-{min(done * num_shards // total, num_shards - 1) + 1:05d}" \
+                          f"-of-{num_shards:05d}.safetensors"
+        done += sizes[key]
+    for name in sorted(set(weight_map.values())):
+        save_file({k: tensors[k] for k, shard in weight_map.items() if shard == name}, os.path.join(ckpt_dir, name),
+                  metadata=metadata)
+    with open(os.path.join(ckpt_dir, WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
 def weight_files(ckpt_dir: str) -> list[str]:

@@ -3,7 +3,9 @@
 Not an upstream module; the layout is Wan2.1's (official-models.md B.3):
 
     config.json                               WanModel arguments (text_len and text_dim included)
-    diffusion_pytorch_model.safetensors       DiT, fp32
+    diffusion_pytorch_model-0000k-of-00002.safetensors + .safetensors.index.json
+                                              DiT, fp32, in shards of at most 8 MB (the 14B layout; one
+                                              diffusion_pytorch_model.safetensors when it fits in one)
     models_t5_umt5-xxl-enc-bf16.pth           umT5 encoder state dict, bf16
     Wan2.1_VAE.pth                            VAE state dict, fp32
     google/umt5-xxl/                          tokenizer files
@@ -23,12 +25,12 @@ import os
 import shutil
 
 import torch
-from safetensors.torch import save_file
 
+from ..modules.checkpoint import save_wan_weights
 from ..modules.vae import WAN_LATENTS_MEAN, WAN_LATENTS_STD
 
 CONFIG_NAME = "config.json"
-DIT_NAME = "diffusion_pytorch_model.safetensors"
+MAX_SHARD_BYTES = 8 * 2**20  # small files for the repository that ships the model
 T5_NAME = "models_t5_umt5-xxl-enc-bf16.pth"
 VAE_NAME = "Wan2.1_VAE.pth"
 TOKENIZER_DIR = os.path.join("google", "umt5-xxl")
@@ -89,7 +91,9 @@ def export_checkpoint(out_dir: str, dit_config: dict, dit_state: dict, t5_state:
     with open(os.path.join(out_dir, CONFIG_NAME), "w") as handle:
         json.dump(dit_config_json(dit_config), handle, indent=2)
         handle.write("\n")
-    save_file({k: v.float().contiguous() for k, v in dit_state.items()}, os.path.join(out_dir, DIT_NAME))
+    dit_state = {k: v.float().contiguous() for k, v in dit_state.items()}
+    dit_bytes = sum(v.numel() * v.element_size() for v in dit_state.values())
+    save_wan_weights(out_dir, dit_state, num_shards=-(-dit_bytes // MAX_SHARD_BYTES))
     torch.save({k: v.to(torch.bfloat16) for k, v in t5_state.items()}, os.path.join(out_dir, T5_NAME))
     folded = fold_latent_stats(vae_state, latent_mean, latent_std)
     torch.save({k: v.float().contiguous() for k, v in folded.items()}, os.path.join(out_dir, VAE_NAME))

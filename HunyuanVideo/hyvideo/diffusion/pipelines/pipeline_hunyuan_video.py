@@ -20,9 +20,8 @@ import time
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
-from common_cache import GenerationReport, saved_calls_text, step_context
+from common_cache import DenoiseTimer, GenerationReport, step_context
 
 CFG_BRANCH = "cond+uncond"
 
@@ -165,10 +164,8 @@ class HunyuanVideoPipeline:
         if cache is not None:
             cache.begin(len(timesteps))
         branch = CFG_BRANCH if do_cfg else "cond"
-        bar = tqdm(total=len(timesteps), desc="denoising", disable=not progress)
-        loop_start = time.perf_counter()
+        timer = DenoiseTimer(report, cache, len(timesteps), self.device, progress)
         for index, t in enumerate(timesteps):
-            step_start = time.perf_counter()
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             with step_context(cache, index, branch), self._dit_autocast():
                 noise_pred = self.transformer(
@@ -179,14 +176,8 @@ class HunyuanVideoPipeline:
                 noise_uncond, noise_cond = noise_pred.chunk(2)
                 noise_pred = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
             latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            report.record_step(index, time.perf_counter() - step_start, cache)
-            bar.update(1)
-            if cache is not None:
-                bar.set_postfix_str(saved_calls_text(cache))
-        bar.close()
-        report.denoise_seconds = time.perf_counter() - loop_start
+            timer.step_done(index)
+        timer.close()
         return latents
 
     # ---------------------------------------------------------------------------------------------------------
