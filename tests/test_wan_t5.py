@@ -1,5 +1,6 @@
 """Wan2.1 umT5 encoder and tokenizer: equivalence with transformers' UMT5EncoderModel, loader, wrapper."""
 
+import logging
 import math
 import os
 
@@ -287,6 +288,23 @@ def test_t5_encoder_model_returns_true_lengths(t5_files):
     assert torch.allclose(outputs[1], alone, atol=1e-5, rtol=0)
     single = encoder("a dog", "cpu")
     assert len(single) == 1 and torch.equal(single[0], outputs[1])
+
+
+def test_t5_encoder_model_warns_when_a_prompt_is_truncated(t5_files, caplog):
+    path, tokenizer_dir, _ = t5_files
+    encoder = T5EncoderModel(text_len=16, dtype=torch.float32, device="cpu", checkpoint_path=path,
+                             tokenizer_path=tokenizer_dir)
+    count = len(AutoTokenizer.from_pretrained(tokenizer_dir)(PROMPTS[0]).input_ids)
+    assert count > 16  # the long test prompt
+    with caplog.at_level(logging.WARNING):
+        outputs = encoder(PROMPTS, torch.device("cpu"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and f"prompt has {count} tokens; the text encoder keeps the first text_len=16" in warnings[0]
+    assert outputs[0].shape[0] == 16  # still truncated, as the official pipeline does
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        encoder([PROMPTS[0], "a dog"], "cpu")  # the same long prompt again: said once is enough
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_t5_encoder_model_missing_files(t5_files, tmp_path):

@@ -293,6 +293,7 @@ class T5EncoderModel:
                  device: torch.device | str = torch.device("cpu"), checkpoint_path: str | None = None,
                  tokenizer_path: str | None = None, shard_fn=None):
         self.text_len = text_len
+        self._warned: set[str] = set()
         self.dtype = dtype
         self.device = torch.device(device)
         self.tokenizer = HuggingfaceTokenizer(tokenizer_path or "", seq_len=text_len, clean="whitespace")
@@ -317,8 +318,18 @@ class T5EncoderModel:
         Returns:
             one tensor [true_len, dim] per prompt; ``true_len`` counts the tokens including ``</s>``.
         """
+        self._warn_if_truncated(texts)
         ids, mask = self.tokenizer(texts, return_mask=True, add_special_tokens=True)
         ids, mask = ids.to(device), mask.to(device)
         seq_lens = mask.gt(0).sum(dim=1).long()
         context = self.model(ids, mask)  # [B, text_len, dim]
         return [out[:length] for out, length in zip(context, seq_lens)]
+
+    def _warn_if_truncated(self, texts: str | list[str]) -> None:
+        """Prompts longer than ``text_len`` are cut, as in the official pipeline; say so instead of doing it
+        silently (the end of a prompt, e.g. its background, would otherwise vanish without a trace)."""
+        for text, count in zip([texts] if isinstance(texts, str) else texts, self.tokenizer.token_counts(texts)):
+            if count > self.text_len and text not in self._warned:
+                self._warned.add(text)  # once per prompt: a pipeline encodes the same prompt many times
+                logging.warning("prompt has %d tokens; the text encoder keeps the first text_len=%d and ignores the "
+                                "rest: %r", count, self.text_len, text)

@@ -78,6 +78,14 @@ class HuggingfaceTokenizer:
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         self.vocab_size = self.tokenizer.vocab_size
 
+    def _cleaned(self, sequence: str | list[str]) -> list[str]:
+        texts = [sequence] if isinstance(sequence, str) else list(sequence)
+        return [clean_text(text, self.clean) for text in texts] if self.clean else texts
+
+    def token_counts(self, sequence: str | list[str]) -> list[int]:
+        """Tokens of each cleaned prompt before padding/truncation, ``</s>`` included."""
+        return [len(ids) for ids in self.tokenizer(self._cleaned(sequence), add_special_tokens=True).input_ids]
+
     def __call__(self, sequence: str | list[str], return_mask: bool = True, **kwargs):
         """Tokenizes one prompt or a list of prompts.
 
@@ -93,10 +101,7 @@ class HuggingfaceTokenizer:
         if self.seq_len is not None:
             options.update(padding="max_length", truncation=True, max_length=self.seq_len)
         options.update(kwargs)
-        texts = [sequence] if isinstance(sequence, str) else list(sequence)
-        if self.clean:
-            texts = [clean_text(text, self.clean) for text in texts]
-        encoded = self.tokenizer(texts, **options)
+        encoded = self.tokenizer(self._cleaned(sequence), **options)
         ids = torch.as_tensor(encoded.input_ids)
         if return_mask:
             return ids, torch.as_tensor(encoded.attention_mask)
