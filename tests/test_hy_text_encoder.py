@@ -1,6 +1,7 @@
 """HunyuanVideo text encoders on tiny local checkpoints: templates, crop, skip layer, final norm, pooling."""
 
 import copy
+import logging
 import os
 import shutil
 
@@ -187,11 +188,25 @@ def test_clip_returns_the_pooled_output(model_base):
     assert torch.equal(encoder.text2tokens(PROMPTS, "image")["input_ids"], tokens["input_ids"])
 
 
-def test_long_prompts_are_truncated_to_max_length(model_base):
-    encoder = make_llm(model_base)
-    tokens = encoder.text2tokens(" ".join(PROMPTS * 40))
+def test_long_prompts_are_truncated_to_max_length_with_a_warning(model_base, caplog):
+    encoder, clip = make_llm(model_base), make_clip(model_base)
+    long_prompt = " ".join(PROMPTS * 40)
+    with caplog.at_level(logging.WARNING):
+        tokens = encoder.text2tokens(long_prompt)
+        clip_tokens = clip.text2tokens([PROMPTS[0], long_prompt])
+        assert clip.text2tokens(long_prompt)["input_ids"].shape == (1, 77)  # a single string, said already
+        encoder.text2tokens([long_prompt, PROMPTS[1]])  # said once per prompt
     assert tokens["input_ids"].shape == (1, MAX_LENGTH) and tokens["attention_mask"].all()
+    assert clip_tokens["input_ids"].shape == (2, 77) and clip_tokens["attention_mask"][1].all()
     assert encoder.encode(tokens).hidden_state.shape == (1, TEXT_LEN, 32)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert warnings[0].startswith("llm text encoder: the prompt is ") and f"max_length={MAX_LENGTH}" in warnings[0]
+    assert warnings[1].startswith("clipL text encoder: the prompt is ") and "max_length=77" in warnings[1]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        encoder.text2tokens(PROMPTS)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_missing_folders_raise_file_not_found(model_base, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ CLIP path (`text_encoder_type="clipL"`): no template, 77 tokens, output = `poole
 Checkpoints are read from local folders only (`local_files_only=True`): the hub is never contacted.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -261,6 +262,7 @@ class TextEncoder(nn.Module):
         self.apply_final_norm = apply_final_norm
         self.reproduce = reproduce
         self.logger = logger
+        self._warned: set[str] = set()
 
         self.model, self.model_path = load_text_encoder(
             text_encoder_type, text_encoder_precision, text_encoder_path, logger=logger, device=device
@@ -324,19 +326,30 @@ class TextEncoder(nn.Module):
             A `BatchEncoding` with `input_ids` and `attention_mask`, both [B, max_length].
         """
         template = self._template_for(data_type)
+        prompts = [text] if isinstance(text, str) else list(text)
+        texts = prompts
         if template is not None:
-            if isinstance(text, str):
-                text = self.apply_text_to_template(text, template["template"])
-            else:
-                text = [self.apply_text_to_template(one, template["template"]) for one in text]
+            texts = [self.apply_text_to_template(one, template["template"]) for one in prompts]
+        self._warn_if_truncated(prompts, texts)
         return self.tokenizer(
-            text,
+            texts,
             truncation=True,
             max_length=self.max_length,
             padding="max_length",
             return_attention_mask=True,
             return_tensors="pt",
         )
+
+    def _warn_if_truncated(self, prompts: list[str], texts: list[str]) -> None:
+        """Tokens past ``max_length`` are cut, as upstream does silently; say so, once per prompt."""
+        counts = [len(ids) for ids in self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]]
+        for prompt, count in zip(prompts, counts):
+            if count > self.max_length and prompt not in self._warned:
+                self._warned.add(prompt)
+                (self.logger or logging.getLogger(__name__)).warning(
+                    f"{self.text_encoder_type} text encoder: the prompt is {count} tokens (template included); it "
+                    f"keeps the first max_length={self.max_length} and ignores the rest: {prompt!r}"
+                )
 
     def crop_start(self, data_type: str = "video") -> int:
         """Template tokens cut from the front of the LLM output for `data_type` (0 without a template)."""
