@@ -93,7 +93,7 @@ def loss_gap(pipeline: WanT2V, clips: int, sigmas: list[float], seed: int = 0) -
                 for name, texts in (("true", captions), ("reversed", [reversed_caption(spec) for spec in specs]),
                                     ("empty", [""] * len(captions)))}
     generator = torch.Generator().manual_seed(seed)
-    seq_len = int(np.prod(latents[0].shape[1:])) // 4
+    seq_len = int(np.prod(latents[0].shape[1:])) // 4  # tokens: patch 1x2x2
     results = []
     for sigma in sigmas:
         totals = dict.fromkeys(contexts, 0.0)
@@ -131,7 +131,8 @@ def absolute_position(pipeline: WanT2V, seeds: int, steps: int, guide_scale: flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_dir", default=WAN_CONFIGS["t2v-tiny"].default_ckpt_dir)
-    parser.add_argument("--seeds", type=int, default=4, help="seeds of the direction-swap probe (x 2 objects x 4)")
+    parser.add_argument("--seeds", type=int, default=4,
+                        help="seeds of the direction-swap probe (x 2 objects x 4 words) and of the position probe")
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument("--sample_guide_scale", type=float, default=5.0)
     parser.add_argument("--clips", type=int, default=48, help="training clips of the loss-gap probe")
