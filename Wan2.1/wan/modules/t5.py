@@ -318,6 +318,7 @@ class T5EncoderModel:
         Returns:
             one tensor [true_len, dim] per prompt; ``true_len`` counts the tokens including ``</s>``.
         """
+        texts = [texts] if isinstance(texts, str) else list(texts)
         self._warn_if_truncated(texts)
         ids, mask = self.tokenizer(texts, return_mask=True, add_special_tokens=True)
         ids, mask = ids.to(device), mask.to(device)
@@ -325,10 +326,10 @@ class T5EncoderModel:
         context = self.model(ids, mask)  # [B, text_len, dim]
         return [out[:length] for out, length in zip(context, seq_lens)]
 
-    def _warn_if_truncated(self, texts: str | list[str]) -> None:
+    def _warn_if_truncated(self, texts: list[str]) -> None:
         """Prompts longer than ``text_len`` are cut, as in the official pipeline; say so instead of doing it
         silently (the end of a prompt, e.g. its background, would otherwise vanish without a trace)."""
-        for text, count in zip([texts] if isinstance(texts, str) else texts, self.tokenizer.token_counts(texts)):
+        for text, count in zip(texts, self.tokenizer.token_counts(texts)):
             if count > self.text_len and text not in self._warned:
                 self._warned.add(text)  # once per prompt: a pipeline encodes the same prompt many times
                 logging.warning("prompt has %d tokens; the text encoder keeps the first text_len=%d and ignores the "
