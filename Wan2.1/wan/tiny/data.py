@@ -106,7 +106,8 @@ def triples(held_out: bool) -> list[tuple[str, str, str]]:
 # Sampling specs
 
 
-def _object(rng: np.random.Generator, colour: str, shape: str, motion: str) -> ObjectSpec:
+def random_object(rng: np.random.Generator, colour: str, shape: str, motion: str) -> ObjectSpec:
+    """An object of the given triple with a random size, speed and start that keeps it inside the frame."""
     size = str(rng.choice(list(SIZES)))
     r = SIZES[size]
     lo, hi = r + 1.0, WIDTH - r - 1.0
@@ -124,7 +125,8 @@ def _object(rng: np.random.Generator, colour: str, shape: str, motion: str) -> O
     return ObjectSpec(colour, shape, size, motion, x0, y0, speed)
 
 
-def _background(rng: np.random.Generator) -> BackgroundSpec:
+def random_background(rng: np.random.Generator) -> BackgroundSpec:
+    """A random background: colour, kind, and for textured kinds a scroll half of the time."""
     colour = str(rng.choice(list(BACKGROUND_COLOURS)))
     kind = str(rng.choice(BACKGROUND_KINDS))
     moving = kind in ("striped", "checkered") and bool(rng.random() < 0.5)
@@ -147,11 +149,11 @@ def sample_spec(seed: int, index: int, held_out: bool = False, two_object_prob: 
     rng = np.random.default_rng([seed, index])
     pool = triples(held_out)
     colour, shape, motion = pool[int(rng.integers(len(pool)))]
-    objects = [_object(rng, colour, shape, motion)]
+    objects = [random_object(rng, colour, shape, motion)]
     if rng.random() < two_object_prob:
         others = [t for t in triples(False) if t[0] != colour]
-        objects.append(_object(rng, *others[int(rng.integers(len(others)))]))
-    return VideoSpec(tuple(objects), _background(rng))
+        objects.append(random_object(rng, *others[int(rng.integers(len(others)))]))
+    return VideoSpec(tuple(objects), random_background(rng))
 
 
 def eval_specs(count: int = 60, seed: int = 20250) -> list[VideoSpec]:
@@ -160,7 +162,7 @@ def eval_specs(count: int = 60, seed: int = 20250) -> list[VideoSpec]:
     held = triples(True)
     while len(specs) < count:
         rng = np.random.default_rng([seed, index])
-        spec = VideoSpec((_object(rng, *held[len(specs) % len(held)]),), _background(rng))
+        spec = VideoSpec((random_object(rng, *held[len(specs) % len(held)]),), random_background(rng))
         index += 1
         if caption(spec) not in captions:
             captions.add(caption(spec))

@@ -211,8 +211,9 @@ def dit_loss(dit: WanModel, t5: T5Encoder, x0: torch.Tensor, ids: torch.Tensor, 
     """Flow-matching loss of one batch: x0 ``[B, 16, f, h, w]`` normalised latents, token ids/mask ``[B, L]``;
     ``weight`` ``[B, f, h, w]``: per-cell loss weights (None = plain MSE)."""
     b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator)
-    sigma = shifted_sigmas(torch.rand(b, generator=generator), recipe.train_shift)
+    # drawn on the CPU generator (the draws do not depend on the device), then moved to the batch's device
+    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+    sigma = shifted_sigmas(torch.rand(b, generator=generator), recipe.train_shift).to(x0.device)
     s = sigma.view(b, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
     seq_len = x0.shape[2] * x0.shape[3] * x0.shape[4] // 4
