@@ -43,7 +43,7 @@ from wan.tiny import adherence, data  # noqa: E402
 from wan.tiny.checkpoints import cosine_lr  # noqa: E402
 from wan.tiny.fast_rope import batched_rope  # noqa: E402
 from wan.tiny.recipe import TinyRecipe  # noqa: E402
-from wan.tiny.train_stages import dit_loss  # noqa: E402
+from wan.tiny.train_stages import dit_train_step  # noqa: E402
 
 TASK = "t2v-tiny"
 DIRECTIONS = ("right", "left", "up", "down")
@@ -130,19 +130,12 @@ def train_and_track(pipeline: WanT2V, args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=recipe.weight_decay)
     result = {"ceiling": round_trip_ceiling(pipeline, eval_specs), "history": []}
     dit.train(), t5.train()
-    start, empty = time.perf_counter(), len(train_specs)
+    start = time.perf_counter()
     with batched_rope():
         for step in range(args.steps):
             generator = torch.Generator().manual_seed(1000 + step)
-            index = torch.randint(len(train_specs), (args.batch,), generator=generator)
-            text = torch.where(torch.rand(args.batch, generator=generator) < recipe.caption_dropout, empty, index)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, args.steps, args.lr, args.warmup, recipe.dit_min_lr_ratio)
-            loss = dit_loss(dit, t5, latents[index], ids[text], mask[text], recipe, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            lr = cosine_lr(step, args.steps, args.lr, args.warmup, recipe.dit_min_lr_ratio)
+            loss, _ = dit_train_step(dit, t5, optimizer, latents, ids, mask, recipe, generator, args.batch, lr)
             if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
                 scores = evaluate(pipeline, eval_specs, args)
                 row = {"step": step + 1, "loss": loss.item(), "seconds": time.perf_counter() - start, **scores}

@@ -225,6 +225,30 @@ def dit_loss(dit: WanModel, t5: T5Encoder, x0: torch.Tensor, ids: torch.Tensor, 
     return (error * weight).mean() / weight.mean()
 
 
+def dit_train_step(dit: WanModel, t5: T5Encoder, optimizer: torch.optim.Optimizer, latents: torch.Tensor,
+                   ids: torch.Tensor, mask: torch.Tensor, recipe: TinyRecipe, generator: torch.Generator, batch: int,
+                   lr: float, foreground: torch.Tensor | None = None,
+                   foreground_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One AdamW step of the DiT and the T5 on a random batch of ``latents`` ``[N, 16, f, h, w]``: clips and caption
+    dropout (to the empty caption, the last row of ``ids``/``mask``) drawn from ``generator``, learning rate ``lr``,
+    gradient norm clipped to 1; ``foreground`` ``[N, f, h, w]`` weighs the loss (``latent_foreground``).
+
+    Returns:
+        The batch loss and the gradient norm before clipping.
+    """
+    index = torch.randint(len(latents), (batch,), generator=generator)
+    text = torch.where(torch.rand(batch, generator=generator) < recipe.caption_dropout, len(latents), index)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    weight = None if foreground is None else 1.0 + foreground_weight * foreground[index]
+    loss = dit_loss(dit, t5, latents[index], ids[text], mask[text], recipe, generator, weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad = torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"]], 1.0)
+    optimizer.step()
+    return loss, grad
+
+
 def latent_foreground(work: str, recipe: TinyRecipe) -> torch.Tensor:
     """Object fraction of every latent cell of the training set ``[N, f, h, w]`` (ground-truth masks of the same
     specs as the latents stage, grouped like the causal VAE; cached in ``latents/foreground.pt``)."""
@@ -281,20 +305,12 @@ def _train_dit_phase(work: str, recipe: TinyRecipe, log, index: int, stop_after:
         log(f"{phase.name}: {_count(dit)} parameters, T5 {_count(t5)}, {len(captions)} videos, {phase.steps} steps, "
             f"foreground weight {phase.foreground_weight}")
     dit.train(), t5.train()
-    empty = len(captions)
     with batched_rope():
         for step in range(start, phase.steps):
             generator = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step_offset + step)
-            index = torch.randint(len(captions), (batch,), generator=generator)
-            text = torch.where(torch.rand(batch, generator=generator) < recipe.caption_dropout, empty, index)
-            for group in optimizer.param_groups:
-                group["lr"] = cosine_lr(step, phase.steps, phase.lr, phase.warmup, recipe.dit_min_lr_ratio)
-            weight = None if foreground is None else 1.0 + phase.foreground_weight * foreground[index]
-            loss = dit_loss(dit, t5, latents[index], ids[text], mask[text], recipe, generator, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad = torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
+            lr = cosine_lr(step, phase.steps, phase.lr, phase.warmup, recipe.dit_min_lr_ratio)
+            loss, grad = dit_train_step(dit, t5, optimizer, latents, ids, mask, recipe, generator, batch, lr,
+                                        foreground, phase.foreground_weight)
             ema_update(ema["dit"], dit, recipe.ema_decay)
             ema_update(ema["t5"], t5, recipe.ema_decay)
             if step % 20 == 0 or step == phase.steps - 1:
