@@ -6,9 +6,10 @@ References: Tencent/HunyuanVideo sample_video.py (flow: parse, load, predict, sa
     python3 sample_video.py --video-size 720 1280 --video-length 129 --infer-steps 50 --prompt "..." \
         --flow-reverse --use-cpu-offload --save-path ./results --seed 42 --delta_cache
 
-Every check runs before anything is loaded, as far as the inputs allow: the arguments, the cache policy (one per
-run), the cache profile against the official depths and the step count, and the presence of every checkpoint piece.
-Errors are logged and end the run with exit code 2, with no output file written.
+Every check runs before anything is loaded, as far as the inputs allow: the arguments and their ranges, the output
+folder and ``--cache-stats`` file (writable), the cache policy (one per run), the cache profile against the
+official depths and the step count, and the presence of every checkpoint piece. Errors are logged and end the run
+with exit code 2, with no output file written; Ctrl-C or SIGTERM ends it with 130 or 143 and no partial file.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ import torch
 from common_cache import (
     attach_cache,
     cache_profile_from_args,
+    check_output_file,
+    check_output_folder,
     delta_cache_from_args,
+    handle_interrupts,
+    interrupt_exit_code,
     log_cache_profile,
     log_cache_summary,
+    write_run_stats,
 )
 from common_cache.cli import teacache_from_args
 from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks, shutdown
 from common_cache.teacache import TeaCache, hunyuan_teacache_config, log_teacache_summary
 from hyvideo.cache_profiles import builtin_profile
 from hyvideo.config import parse_args
-from hyvideo.inference import (SEED_RANGE, HunyuanVideoSampler, RunPrecisions, check_checkpoint_pieces,
-                               load_transformer, model_base)
 from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG
 from hyvideo.parallel import init_parallel, parallelize_transformer
 from hyvideo.utils.file_utils import save_videos_grid, video_file_name
@@ -51,7 +55,7 @@ def _init_logging() -> None:
 def resolve_cache_profile(args: argparse.Namespace):
     """The run's cache profile (None when the cache is off), checked against the official depths of ``--model``
     (unless ``--dit-config`` defines another architecture: then after the DiT is loaded) and the step count."""
-    profile = cache_profile_from_args(args, builtin_profile(args.model), f"--model {args.model}")
+    profile = cache_profile_from_args(args, builtin_profile(args.model), f"--model {args.model}", dash="-")
     if profile is None:
         return None
     if args.dit_config is None:
@@ -71,7 +75,7 @@ def resolve_teacache(args: argparse.Namespace) -> TeaCache | None:
     Raises:
         ValueError: together with ``--delta_cache``/``--cache-profile``, ``--use_ret_steps``, bad coefficients.
     """
-    teacache = teacache_from_args(args, hunyuan_teacache_config)
+    teacache = teacache_from_args(args, hunyuan_teacache_config, dash="-")
     if teacache is not None and args.dit_config is not None and args.teacache_coefficients is None:
         logger.warning("TeaCache uses the coefficients published for the official 720p model (%s) on the "
                        "architecture of --dit-config %s: they are not calibrated for it",
@@ -93,12 +97,24 @@ def summarize(args: argparse.Namespace, transformer: torch.nn.Module, report, pr
         log_teacache_summary(logger, transformer.block_cache, report, args.cache_stats)
     elif transformer.block_cache is not None:
         log_cache_summary(logger, transformer.block_cache, report, profile, args.cache_stats)
+    elif args.cache_stats:  # full compute: the same file with the timings, the reference of cached runs
+        write_run_stats(args.cache_stats, report)
+
+
+def model_base(args: argparse.Namespace) -> str:
+    """The checkpoint root: ``MODEL_BASE`` from the environment when set, else ``--model-base`` (as upstream)."""
+    from hyvideo.inference import model_base as checkpoint_root
+
+    return checkpoint_root(args)
 
 
 def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None = None,
-                 teacache: TeaCache | None = None) -> HunyuanVideoSampler:
+                 teacache: TeaCache | None = None):
     """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the delta cache of
-    ``profile`` or ``teacache`` attached), then the other components."""
+    ``profile`` or ``teacache`` attached), then the other components. Returns the ``HunyuanVideoSampler``."""
+    # hyvideo.inference pulls in diffusers and transformers (seconds): imported only once the checks have passed
+    from hyvideo.inference import HunyuanVideoSampler, RunPrecisions, check_checkpoint_pieces, load_transformer
+
     root = model_base(args)
     paths = check_checkpoint_pieces(args, root)
     device = sp.device if sp is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,12 +151,12 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> li
     quiet_other_ranks(rank)
     logger.info("Generation job args: %s", args)
     if sp is not None:  # every rank must draw the same noise for the same prompt: rank 0's values win
+        from hyvideo.inference import SEED_RANGE
+
         args.seed = random.randint(0, SEED_RANGE) if args.seed is None else args.seed
         args.seed, args.prompt, args.neg_prompt = broadcast_object((args.seed, args.prompt, args.neg_prompt))
     teacache = resolve_teacache(args)  # first: it refuses --delta_cache together with it
     profile = resolve_cache_profile(args)
-    if args.save_path_suffix == "" and os.path.isfile(args.save_path):
-        raise ValueError(f"--save-path {args.save_path} is a file: expected a folder (created if missing)")
     start = time.perf_counter()
     sampler = load_sampler(args, profile, sp, teacache)
     load_seconds = time.perf_counter() - start
@@ -156,14 +172,30 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> li
     return paths
 
 
+def check_output_args(args: argparse.Namespace) -> None:
+    """The output folder (``--save-path``, with ``--save-path-suffix``; created if missing, so its nearest existing
+    parent must be writable) and ``--cache-stats`` (a .json in a writable folder), before anything is loaded."""
+    save_path = args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}"
+    if os.path.exists(save_path) and not os.path.isdir(save_path):
+        raise ValueError(f"--save-path {save_path} is a file: expected a folder (created if missing)")
+    check_output_folder("--save-path", save_path, create=True)
+    if args.cache_stats is not None:
+        check_output_file("--cache-stats", args.cache_stats, (".json",))
+
+
 def main(argv: list[str] | None = None) -> int:
     _init_logging()
     try:
-        args = parse_args(argv)  # checks every value on every rank before any process group exists
-        generate(args, init_parallel(args))
-    except (ValueError, FileNotFoundError) as err:
+        with handle_interrupts():  # Ctrl-C and SIGTERM end the run through every cleanup: no partial file is left
+            args = parse_args(argv)  # checks every value on every rank before any process group exists
+            check_output_args(args)
+            generate(args, init_parallel(args))
+    except (ValueError, OSError) as err:  # OSError: e.g. the disk filled up while writing
         logger.error("%s", err)
         return 2
+    except KeyboardInterrupt as err:
+        logger.error("%s: stopped, no partial file left", str(err) or "interrupted (Ctrl-C)")
+        return interrupt_exit_code(err)
     finally:
         shutdown()
     return 0

@@ -14,10 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from common_cache.files import atomic_path
-from common_cache.schedule import Schedule, UniformSchedule, schedule_from_dict
+from common_cache.schedule import Schedule, UniformSchedule, check_int, schedule_from_dict
 
 PROFILE_FORMAT = "profilingdit-cache-profile"
 PROFILE_VERSION = 1
+MAX_FORECAST_ORDER = 2
+# The abscissa of the residual forecast: the step index, or the sampler's noise level sigma (the pipeline passes
+# the sigmas of the run to ``begin``). The sampler's time t = 1000 * sigma gives the same forecast as sigma.
+FORECAST_ABSCISSAS = ("step", "sigma")
 
 
 def _duplicates(values) -> list:
@@ -27,6 +31,82 @@ def _duplicates(values) -> list:
     return sorted(dups)
 
 
+def _check_order(where: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FORECAST_ORDER:
+        raise ValueError(f"{where}: forecast_order={value!r} is not allowed: expected an integer "
+                         f"0..{MAX_FORECAST_ORDER} (0 = copy the last residual)")
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    """One cache unit with its own schedule: blocks ``first..last`` share one residual (a span when last > first).
+
+    Fields left None take the group's value.
+
+    Attributes:
+        first, last: the unit's first and last block.
+        warmup_steps: steps on which the unit always runs before its refreshes start.
+        schedule: the unit's refresh steps after its warm-up.
+        forecast_order: 0 adds the last recorded residual (the paper's copy); 1 and 2 add the finite-difference
+            extrapolation of its last 2 or 3 recorded residuals.
+    """
+
+    first: int
+    last: int
+    warmup_steps: int | None = None
+    schedule: Schedule | None = None
+    forecast_order: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("first", "last"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"cache unit {name}={value!r} is not allowed: expected a block index (integer >= 0)")
+        if self.last < self.first:
+            raise ValueError(f"cache unit blocks [{self.first}, {self.last}] are not allowed: expected first <= last")
+        if self.warmup_steps is not None:
+            check_int(f"cache unit {self.first}..{self.last}: warmup_steps", self.warmup_steps, 0)
+        if self.forecast_order is not None:
+            _check_order(f"cache unit {self.first}..{self.last}", self.forecast_order)
+
+    @property
+    def blocks(self) -> range:
+        return range(self.first, self.last + 1)
+
+    def to_dict(self) -> dict:
+        data: dict = {"blocks": [self.first, self.last]}
+        if self.warmup_steps is not None:
+            data["warmup_steps"] = self.warmup_steps
+        if self.schedule is not None:
+            data["schedule"] = self.schedule.to_dict()
+        if self.forecast_order is not None:
+            data["forecast_order"] = self.forecast_order
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> UnitConfig:
+        _require_object("cache unit", data)
+        known = {"blocks", "warmup_steps", "schedule", "forecast_order"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"cache unit has unknown fields {unknown}: allowed {sorted(known)}")
+        blocks = data.get("blocks")
+        if not isinstance(blocks, list) or len(blocks) != 2:
+            raise ValueError(f"cache unit blocks={blocks!r} is not allowed: expected [first, last] (two block indices)")
+        schedule = schedule_from_dict(data["schedule"]) if "schedule" in data else None
+        return cls(blocks[0], blocks[1], data.get("warmup_steps"), schedule, data.get("forecast_order"))
+
+
+def _require_object(what: str, data: object) -> None:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} is {type(data).__name__} {_preview(data)}: expected a JSON object {{...}}")
+
+
+def _preview(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class StreamGroupConfig:
     """How one block stack is cached.
@@ -34,10 +114,15 @@ class StreamGroupConfig:
     Attributes:
         name: the stream group (``blocks``, ``double``, ``single``): must match a group the model exposes.
         depth: number of blocks of the model this list was made for; a model of another depth is refused.
-        cached_blocks: indices of the blocks that are skipped on reuse steps (background-focused blocks). Runs of
-            consecutive indices share one delta (a span); isolated indices get their own delta.
+        cached_blocks: indices of the blocks that are skipped on reuse steps (background-focused blocks). Without
+            ``units``, runs of consecutive indices share one residual (a span); isolated indices get their own.
         warmup_steps: the first steps run in full (the paper's s0 = 6).
-        schedule: which steps after the warm-up refresh the deltas.
+        schedule: which steps after the warm-up refresh the residuals.
+        forecast_order: what a reuse step adds: 0 the last recorded residual (the paper), 1 or 2 the extrapolation
+            of the last 2 or 3 recorded residuals (finite differences over ``forecast_abscissa``).
+        forecast_abscissa: ``step`` (the step index) or ``sigma`` (the sampler's noise level).
+        units: optional explicit cache units, each with its own warm-up, schedule and forecast order (fields it
+            leaves None take the group's); their blocks must be exactly ``cached_blocks``.
     """
 
     name: str
@@ -45,9 +130,13 @@ class StreamGroupConfig:
     cached_blocks: tuple[int, ...]
     warmup_steps: int = 6
     schedule: Schedule = field(default_factory=lambda: UniformSchedule(6))
+    forecast_order: int = 0
+    forecast_abscissa: str = "step"
+    units: tuple[UnitConfig, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cached_blocks", tuple(self.cached_blocks))
+        object.__setattr__(self, "units", tuple(sorted(self.units, key=lambda u: u.first)))
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"stream group name={self.name!r} is not allowed: expected a non-empty string")
         if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
@@ -58,7 +147,10 @@ class StreamGroupConfig:
                 "the profile to run all its blocks"
             )
         for block in self.cached_blocks:
-            if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < self.depth:
+            if isinstance(block, bool) or not isinstance(block, int):
+                raise ValueError(f"group '{self.name}': cached block {block!r} is a {type(block).__name__}: "
+                                 f"expected an integer block index 0..{self.depth - 1}")
+            if not 0 <= block < self.depth:
                 raise ValueError(
                     f"group '{self.name}': cached block {block!r} is out of range for depth {self.depth}: "
                     f"allowed 0..{self.depth - 1}"
@@ -67,55 +159,152 @@ class StreamGroupConfig:
         if dups:
             raise ValueError(f"group '{self.name}': cached_blocks has duplicates {dups}: each block once")
         object.__setattr__(self, "cached_blocks", tuple(sorted(self.cached_blocks)))
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(
-                f"group '{self.name}': warmup_steps={self.warmup_steps!r} is not allowed: expected an integer >= 0"
-            )
+        check_int(f"group '{self.name}': warmup_steps", self.warmup_steps, 0)
+        _check_order(f"group '{self.name}'", self.forecast_order)
+        if self.forecast_abscissa not in FORECAST_ABSCISSAS:
+            raise ValueError(f"group '{self.name}': forecast_abscissa={self.forecast_abscissa!r} is not allowed: "
+                             f"expected one of {list(FORECAST_ABSCISSAS)}")
+        self._check_units()
 
-    def refresh_steps(self, num_steps: int) -> tuple[int, ...]:
-        """The refresh steps of a run of ``num_steps`` steps, after checking that the run fits this group.
+    def _check_units(self) -> None:
+        if not self.units:
+            return
+        covered: list[int] = []
+        for unit in self.units:
+            if unit.last >= self.depth:
+                raise ValueError(f"group '{self.name}': cache unit {unit.first}..{unit.last} is out of range for "
+                                 f"depth {self.depth}: allowed blocks 0..{self.depth - 1}")
+            if covered and unit.first <= covered[-1]:
+                raise ValueError(f"group '{self.name}': cache unit {unit.first}..{unit.last} overlaps the unit "
+                                 f"before it: units must not share blocks")
+            covered.extend(unit.blocks)
+        if tuple(covered) != self.cached_blocks:
+            raise ValueError(f"group '{self.name}': the units cover blocks {covered} but cached_blocks is "
+                             f"{list(self.cached_blocks)}: they must be the same blocks")
+
+    def resolved_units(self) -> tuple[UnitConfig, ...]:
+        """Every cache unit with all its fields filled: the explicit ``units``, else the maximal runs of
+        consecutive ``cached_blocks``, with the group's warm-up, schedule and forecast order where a unit has none."""
+        return tuple(self.resolved_unit(u) for u in self.units or block_runs(self.cached_blocks))
+
+    def resolved_unit(self, unit: UnitConfig) -> UnitConfig:
+        """``unit`` with the group's warm-up, schedule and forecast order where it has none."""
+        return UnitConfig(
+            unit.first,
+            unit.last,
+            self.warmup_steps if unit.warmup_steps is None else unit.warmup_steps,
+            self.schedule if unit.schedule is None else unit.schedule,
+            self.forecast_order if unit.forecast_order is None else unit.forecast_order,
+        )
+
+    def check_steps(self, num_steps: int) -> None:
+        """Checks that a run of ``num_steps`` steps fits every unit's warm-up and schedule.
 
         Raises:
-            ValueError: ``num_steps`` < 1, the warm-up covers the whole run, or a listed step is out of range.
+            ValueError: ``num_steps`` < 1, a warm-up covers the whole run, or a listed step is out of range.
         """
-        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps={num_steps!r} is not allowed: expected an integer >= 1")
-        if self.warmup_steps >= num_steps:
-            raise ValueError(
-                f"group '{self.name}': warmup_steps={self.warmup_steps} is not allowed for a run of {num_steps} "
-                f"steps: expected 0..{num_steps - 1} (the cache would never act)"
-            )
-        try:
-            return self.schedule.refresh_steps(self.warmup_steps, num_steps)
-        except ValueError as err:
-            raise ValueError(f"group '{self.name}': {err}") from None
+        self._group_refresh_steps(num_steps)
+        for unit in self.units:
+            unit_refresh_steps(f"group '{self.name}', unit {unit.first}..{unit.last}",
+                               self.resolved_unit(unit), num_steps)
+
+    def _group_refresh_steps(self, num_steps: int) -> tuple[int, ...]:
+        return unit_refresh_steps(f"group '{self.name}'", UnitConfig(0, 0, self.warmup_steps, self.schedule),
+                                  num_steps)
+
+    def refresh_steps(self, num_steps: int) -> tuple[int, ...]:
+        """The group-level refresh steps of a run of ``num_steps`` steps (units may have their own), after checking
+        that the run fits every unit.
+
+        Raises:
+            ValueError: see :meth:`check_steps`.
+        """
+        self.check_steps(num_steps)
+        return self._group_refresh_steps(num_steps)
+
+    @property
+    def max_forecast_order(self) -> int:
+        return max(u.forecast_order for u in self.resolved_units())
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "name": self.name,
             "depth": self.depth,
             "cached_blocks": list(self.cached_blocks),
             "warmup_steps": self.warmup_steps,
             "schedule": self.schedule.to_dict(),
         }
+        # Written only when they differ from the defaults, so profiles of the paper's kind keep their old form.
+        if self.forecast_order:
+            data["forecast_order"] = self.forecast_order
+        if self.forecast_abscissa != "step":
+            data["forecast_abscissa"] = self.forecast_abscissa
+        if self.units:
+            data["units"] = [u.to_dict() for u in self.units]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> StreamGroupConfig:
-        known = {"name", "depth", "cached_blocks", "warmup_steps", "schedule"}
+        _require_object("stream group", data)
+        known = {"name", "depth", "cached_blocks", "warmup_steps", "schedule", "forecast_order",
+                 "forecast_abscissa", "units"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"stream group has unknown fields {unknown}: allowed {sorted(known)}")
-        missing = sorted({"name", "depth", "cached_blocks"} - set(data))
+        fields = dict(data)
+        if "units" in fields:
+            if not isinstance(fields["units"], list):
+                raise ValueError(f"stream group {data.get('name', '?')!r}: units={_preview(fields['units'])} is not "
+                                 "allowed: expected a list of cache units")
+            fields["units"] = tuple(UnitConfig.from_dict(u) for u in fields["units"])
+            fields.setdefault("cached_blocks", [b for u in fields["units"] for b in u.blocks])
+        missing = sorted({"name", "depth", "cached_blocks"} - set(fields))
         if missing:
             raise ValueError(f"stream group {data.get('name', '?')!r} lacks the fields {missing}")
-        fields = dict(data)
+        if not isinstance(fields["cached_blocks"], list):
+            raise ValueError(f"stream group {data.get('name', '?')!r}: cached_blocks="
+                             f"{_preview(fields['cached_blocks'])} is not allowed: expected a list of block indices")
         if "schedule" in fields:
             fields["schedule"] = schedule_from_dict(fields["schedule"])
         return cls(**fields)
 
     def short(self) -> str:
-        """A compact description for tags: name, number of cached blocks, warm-up, schedule."""
-        return f"{self.name[0]}{len(self.cached_blocks)}w{self.warmup_steps}{self.schedule.short()}"
+        """A compact description for tags: name, number of cached blocks, warm-up, schedule, forecast order."""
+        text = f"{self.name[0]}{len(self.cached_blocks)}w{self.warmup_steps}{self.schedule.short()}"
+        if self.units:
+            text += f"u{len(self.units)}"
+        order = self.max_forecast_order
+        return text + (f"o{order}" if order else "")
+
+
+def block_runs(cached_blocks: tuple[int, ...]) -> tuple[UnitConfig, ...]:
+    """Splits a sorted block list into maximal runs of consecutive indices."""
+    runs: list[UnitConfig] = []
+    for block in cached_blocks:
+        if runs and block == runs[-1].last + 1:
+            runs[-1] = UnitConfig(runs[-1].first, block)
+        else:
+            runs.append(UnitConfig(block, block))
+    return tuple(runs)
+
+
+def unit_refresh_steps(where: str, unit: UnitConfig, num_steps: int) -> tuple[int, ...]:
+    """The refresh steps of a resolved unit in a run of ``num_steps`` steps (``where`` starts error messages).
+
+    Raises:
+        ValueError: ``num_steps`` < 1, the warm-up covers the whole run, or a listed step is out of range.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_steps={num_steps!r} is not allowed: expected an integer >= 1")
+    if unit.warmup_steps >= num_steps:
+        raise ValueError(
+            f"{where}: warmup_steps={unit.warmup_steps} is not allowed for a run of {num_steps} "
+            f"steps: expected 0..{num_steps - 1} (the cache would never act)"
+        )
+    try:
+        return unit.schedule.refresh_steps(unit.warmup_steps, num_steps)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +359,8 @@ class CacheConfig:
     def from_dict(cls, data: Mapping) -> CacheConfig:
         groups = data.get("groups") if isinstance(data, Mapping) else None
         if not isinstance(groups, list):
-            raise ValueError("cache config needs 'groups': a list of stream groups")
+            raise ValueError(f"groups={_preview(groups)} is not allowed: the profile needs 'groups', a list of "
+                             "stream groups")
         return cls(tuple(StreamGroupConfig.from_dict(g) for g in groups))
 
     def tag(self) -> str:
@@ -201,6 +391,9 @@ class CacheProfile:
     def __post_init__(self) -> None:
         for name, values in self.scores.items():
             depth = self.config.group(name).depth if name in {g.name for g in self.config.groups} else None
+            if not isinstance(values, (list, tuple)):
+                raise ValueError(f"scores of group '{name}' are {_preview(values)}: expected a list of numbers, "
+                                 "one per block")
             if depth is not None and len(values) != depth:
                 raise ValueError(f"scores of group '{name}' have {len(values)} entries: expected one per block ({depth})")
 
@@ -215,6 +408,10 @@ class CacheProfile:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CacheProfile:
+        _require_object("the profile", data)
+        for name in ("scores", "metadata"):
+            if not isinstance(data.get(name, {}), Mapping):
+                raise ValueError(f"{name}={_preview(data[name])} is not allowed: expected a JSON object {{...}}")
         if data.get("format") != PROFILE_FORMAT:
             raise ValueError(f"format={data.get('format')!r} is not allowed: expected '{PROFILE_FORMAT}'")
         if data.get("version") != PROFILE_VERSION:
@@ -237,6 +434,8 @@ class CacheProfile:
             FileNotFoundError: no file at ``path``.
             ValueError: not valid JSON or not a valid profile (the message names the file and the field).
         """
+        if os.path.isdir(path):
+            raise ValueError(f"cache profile {path} is a directory: expected a JSON profile file")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"cache profile not found: {path}")
         try:
@@ -245,5 +444,7 @@ class CacheProfile:
             return cls.from_dict(data)
         except json.JSONDecodeError as err:
             raise ValueError(f"cache profile {path} is not valid JSON: {err}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"cache profile {path} is not a text file: expected a JSON profile") from None
         except (ValueError, KeyError) as err:
             raise ValueError(f"cache profile {path}: {err}") from None

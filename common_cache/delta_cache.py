@@ -1,8 +1,11 @@
 """The profiled delta cache: the run-time policy behind :func:`common_cache.run_blocks`.
 
 On warm-up and refresh steps every block runs; on refresh steps the residual ("delta" = output minus input) of
-each cache unit is recorded. On reuse steps the computed (foreground) blocks run and each cache unit's stored delta
-is added instead of running its block(s). Differences from the official release (method.md section 8), on purpose:
+each cache unit is recorded. On reuse steps the computed (foreground) blocks run and each cache unit's residual is
+added instead of running its block(s): with forecast order 0 the last recorded one (the paper), with order 1 or 2
+the extrapolation of its last 2 or 3 records (finite differences over the step index or sigma; the weights are
+fixed before the run). Every unit may have its own schedule and order (docs/caching.md). Differences from the
+official release (method.md section 8), on purpose:
 
 * state is kept per guidance branch and reset by :meth:`DeltaCache.begin` at the start of every generation;
 * the stream is updated out of place (``h = h + delta``) and a reused unit returns the dtype its blocks returned
@@ -14,7 +17,7 @@ Usage (the pipeline's side)::
 
     cache = DeltaCache(profile.config)
     attach_cache(model, cache)               # checks the depths, sets model.block_cache
-    cache.begin(num_steps)                   # new generation: clears deltas and statistics
+    cache.begin(num_steps, sigmas=sigmas)    # new generation: compiles the steps, clears deltas and statistics
     for i, t in enumerate(timesteps):
         with cache.step(i, "cond"):
             v_cond = model(...)
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from common_cache.config import CacheConfig
-from common_cache.plan import GroupPlan, Op, StepKind, compile_group, step_kinds
+from common_cache.plan import GroupPlan, Op, StepPlan, compile_group, compile_steps
 from common_cache.policy import CachePolicy, StepContext
 from common_cache.runner import States, call_block
 
@@ -41,16 +44,17 @@ Deltas = tuple[torch.Tensor, ...]  # one tensor per state of the stream (image a
 
 @dataclass
 class _BranchState:
-    """Deltas of one (guidance branch, stream group) pair."""
+    """Recorded residuals of one (guidance branch, stream group) pair: per unit, its most recent records (oldest
+    first, at most forecast order + 1) and the dtypes its blocks returned."""
 
-    deltas: list[Deltas | None]
+    history: list[list[Deltas]]
     out_dtypes: list[tuple[torch.dtype, ...] | None]
     last_step: int = -1
     nbytes: int = 0
 
     @classmethod
     def empty(cls, num_units: int) -> _BranchState:
-        return cls([None] * num_units, [None] * num_units)
+        return cls([[] for _ in range(num_units)], [None] * num_units)
 
 
 def _nbytes(tensors: Deltas) -> int:
@@ -58,17 +62,17 @@ def _nbytes(tensors: Deltas) -> int:
 
 
 class DeltaCache(CachePolicy):
-    """Block-selective delta caching for one model.
+    """Block-selective residual caching with optional forecasting, for one model.
 
     The pipeline protocol (``bind``, ``begin``, ``step``) comes from :class:`common_cache.policy.CachePolicy`:
-    ``bind`` checks the config against the model's stream groups, and ``begin`` checks that the schedule fits the
-    generation and clears every delta and the statistics.
+    ``bind`` checks the config against the model's stream groups, and ``begin`` compiles every step's actions for
+    the run (each unit's schedule and forecast weights) and clears every residual and the statistics.
 
     Args:
         config: the cache configuration (from a profile and the command line).
-        delta_dtype: store deltas in this dtype to save memory (e.g. ``torch.bfloat16``); None keeps the stream's
-            dtype, which makes a reuse step exactly ``input + (out - in)`` of the last refresh.
-        delta_device: store deltas on this device (e.g. ``"cpu"`` to free accelerator memory); None keeps them
+        delta_dtype: store residuals in this dtype to save memory (e.g. ``torch.bfloat16``); None keeps the stream's
+            dtype, which makes an order-0 reuse step exactly ``input + (out - in)`` of the last refresh.
+        delta_device: store residuals on this device (e.g. ``"cpu"`` to free accelerator memory); None keeps them
             where they were computed.
     """
 
@@ -83,8 +87,8 @@ class DeltaCache(CachePolicy):
         self.delta_device = torch.device(delta_device) if delta_device is not None else None
         self.plans: dict[str, GroupPlan] = {g.name: compile_group(g) for g in config.groups}
         super().__init__()
-        self._kinds: dict[str, tuple[StepKind, ...]] = {}
-        self._states: dict[tuple[str, str], _BranchState] = {}  # (branch, group) -> deltas
+        self._steps: dict[str, tuple[StepPlan, ...]] = {}
+        self._states: dict[tuple[str, str], _BranchState] = {}  # (branch, group) -> residuals
 
     # ----------------------------------------------------------------------------------------------------------
     # Hooks of bind and begin.
@@ -94,12 +98,21 @@ class DeltaCache(CachePolicy):
         self.config.check_depths(model_depths)
 
     def _prepare(self, num_steps: int) -> None:
-        """Classifies every step of the generation per group.
+        """Compiles every step of the generation per group (the forecast abscissa: step index or sigma).
 
         Raises:
-            ValueError: the schedule does not fit ``num_steps`` (warm-up too long, refresh step out of range).
+            ValueError: a schedule does not fit ``num_steps``; a group forecasts over sigma but ``begin`` got none.
         """
-        self._kinds = {name: step_kinds(self.config.group(name), num_steps) for name in self.plans}
+        self._steps = {}
+        for name, plan in self.plans.items():
+            group = self.config.group(name)
+            positions = None
+            if group.forecast_abscissa == "sigma" and group.max_forecast_order > 0:
+                if self.sigmas is None:
+                    raise ValueError(f"group '{name}' forecasts over sigma: the pipeline must pass the run's sigmas "
+                                     "to cache.begin(num_steps, sigmas=...)")
+                positions = self.sigmas
+            self._steps[name] = compile_steps(group, plan, num_steps, positions)
 
     # ----------------------------------------------------------------------------------------------------------
     # The entry point called by run_blocks.
@@ -111,17 +124,14 @@ class DeltaCache(CachePolicy):
         single = not isinstance(states, tuple)
         hs = (states,) if single else states
         plan = self.plans.get(group)
-        kind = self._kinds[group][context.step] if plan is not None else StepKind.FULL
-        block_seconds = 0.0
-        if kind == StepKind.FULL:
-            hs, block_seconds = self._run_full(blocks, hs, single, kwargs)
+        step = self._steps[group][context.step] if plan is not None else None
+        if step is None or step.is_plain:
+            hs, block_seconds = self._run_plain(blocks, hs, single, kwargs)
             self.stats.count(group, context.step, len(blocks), 0)
         else:
             state = self._branch_state(context, plan)
-            if kind == StepKind.REFRESH:
-                hs, block_seconds = self._run_refresh(plan, blocks, hs, single, kwargs, state)
-            else:
-                hs, block_seconds = self._run_reuse(plan, blocks, hs, single, kwargs, state, context)
+            hs, block_seconds = self._execute(step, plan, blocks, hs, single, kwargs, state, context)
+            self.stats.count(group, context.step, step.computed, step.skipped)
         self._add_stack_time(start, block_seconds)
         return hs[0] if single else hs
 
@@ -141,66 +151,65 @@ class DeltaCache(CachePolicy):
         out = call_block(block, hs[0] if single else hs, kwargs)
         return (out,) if single else tuple(out)
 
-    def _run_full(self, blocks, hs, single, kwargs):
+    def _run_plain(self, blocks, hs, single, kwargs):
         start = time.perf_counter()
         for block in blocks:
             hs = self._call(block, hs, single, kwargs)
         return hs, time.perf_counter() - start
 
-    def _run_refresh(self, plan, blocks, hs, single, kwargs, state):
+    def _execute(self, step: StepPlan, plan, blocks, hs, single, kwargs, state, context):
+        """Runs one step's actions; returns the states and the seconds spent in block calls."""
         block_seconds, span_input = 0.0, None
-        for op, index, unit in plan.refresh_ops:
+        for op, index, unit, weights in step.ops:
+            if op == Op.ADD:
+                hs = self._add(state, unit, hs, weights, plan, context)
+                continue
             if op == Op.OPEN_SPAN:
                 span_input = hs  # a reference is enough: blocks never modify their input in place
             start = time.perf_counter()
             out = self._call(blocks[index], hs, single, kwargs)
             block_seconds += time.perf_counter() - start
             if op == Op.RUN_RECORD:
-                self._record(state, unit, out, hs)
+                self._record(state, plan, unit, out, hs)
             elif op == Op.CLOSE_SPAN:
-                self._record(state, unit, out, span_input)
+                self._record(state, plan, unit, out, span_input)
                 span_input = None
             hs = out
-        self.stats.count(plan.name, self._context.step, plan.depth, 0)
         return hs, block_seconds
 
-    def _run_reuse(self, plan, blocks, hs, single, kwargs, state, context):
-        block_seconds = 0.0
-        for op, index, unit in plan.reuse_ops:
-            if op == Op.RUN:
-                start = time.perf_counter()
-                hs = self._call(blocks[index], hs, single, kwargs)
-                block_seconds += time.perf_counter() - start
-            else:
-                hs = self._add(state, unit, hs, plan, context)
-        computed = len(plan.computed_blocks)
-        self.stats.count(plan.name, context.step, computed, plan.depth - computed)
-        return hs, block_seconds
-
-    def _record(self, state: _BranchState, unit: int, out: Deltas, inp: Deltas) -> None:
+    def _record(self, state: _BranchState, plan: GroupPlan, unit: int, out: Deltas, inp: Deltas) -> None:
         deltas = tuple(o - i for o, i in zip(out, inp))
         if self.delta_dtype is not None or self.delta_device is not None:
             deltas = tuple(d.to(device=self.delta_device or d.device, dtype=self.delta_dtype or d.dtype)
                            for d in deltas)
-        old = state.deltas[unit]
-        state.nbytes += _nbytes(deltas) - (_nbytes(old) if old is not None else 0)
-        state.deltas[unit] = deltas
+        history = state.history[unit]
+        history.append(deltas)
+        state.nbytes += _nbytes(deltas)
+        if len(history) > plan.history_sizes[unit]:
+            state.nbytes -= _nbytes(history.pop(0))
         state.out_dtypes[unit] = tuple(o.dtype for o in out)
         self.stats.set_buffer_bytes(sum(s.nbytes for s in self._states.values()))
 
-    def _add(self, state: _BranchState, unit: int, hs: Deltas, plan: GroupPlan, context: StepContext) -> Deltas:
-        deltas = state.deltas[unit]
-        if deltas is None:
+    def _add(self, state: _BranchState, unit: int, hs: Deltas, weights, plan: GroupPlan,
+             context: StepContext) -> Deltas:
+        history = state.history[unit]
+        if weights is None or len(history) < len(weights):
             u = plan.units[unit]
             raise RuntimeError(
                 f"no delta recorded for blocks {u.first}..{u.last} of group '{plan.name}', branch "
-                f"'{context.branch}', at step {context.step}: this branch did not run the last refresh step"
+                f"'{context.branch}', at step {context.step}: this branch did not run the unit's last refresh step"
             )
+        records = history[-len(weights):]
         out = []
-        for h, d, dtype in zip(hs, deltas, state.out_dtypes[unit]):
+        for j, (h, dtype) in enumerate(zip(hs, state.out_dtypes[unit])):
             # Out of place, and in the dtype the skipped blocks returned (fp32 stays fp32 even when the input of the
             # first cached block is bf16, e.g. Wan's patch embedding under autocast).
-            summed = h + d.to(device=h.device, dtype=dtype, non_blocking=True)
+            if len(records) == 1:  # order 0: the stored residual itself (bit-identical to the paper's copy)
+                residual = records[0][j].to(device=h.device, dtype=dtype, non_blocking=True)
+            else:  # order 1-2: the extrapolation, computed in the stream's dtype
+                residual = sum(w * r[j].to(device=h.device, dtype=dtype, non_blocking=True)
+                               for w, r in zip(weights, records))
+            summed = h + residual
             out.append(summed if summed.dtype == dtype else summed.to(dtype))
         return tuple(out)
 

@@ -1,17 +1,22 @@
-"""Plan compilation: a stream group's cached block list and schedule become per-step, per-block actions.
+"""Plan compilation: a stream group's cache units and schedules become per-step, per-block actions.
 
-Maximal runs of consecutive cached blocks become *cache units*: an isolated block keeps its own delta
-(``out - in``); a span of two or more blocks keeps one delta from its input to its output, and its interior blocks
-are skipped on reuse steps. The actions are precompiled into two op lists (refresh and reuse) so the hot loop does
-no membership tests (method.md section 8 item 10).
+A *cache unit* is a run of blocks that shares one residual: an isolated block keeps ``out - in``; a span of two or
+more blocks keeps one residual from its input to its output, and its interior blocks are skipped on reuse steps.
+Without explicit units, the maximal runs of consecutive cached blocks are the units. Every unit has its own warm-up,
+refresh schedule and forecast order (by default the group's), so a step may refresh some units and reuse others.
+
+Everything is decided before the first step (:func:`compile_steps`): one op list per step, with the forecast
+weights of every reuse already computed, so the hot loop does no membership tests and nothing depends on the data
+(method.md section 8 item 10; every rank of a sequence-parallel run compiles the same lists).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-from common_cache.config import StreamGroupConfig
+from common_cache.config import StreamGroupConfig, UnitConfig, block_runs, unit_refresh_steps
 
 
 class Op(IntEnum):
@@ -21,15 +26,15 @@ class Op(IntEnum):
     RUN_RECORD = 1  # run an isolated cached block and record delta = out - in
     OPEN_SPAN = 2  # keep the input of a span, then run its first block
     CLOSE_SPAN = 3  # run a span's last block and record delta = out - span input
-    ADD = 4  # reuse: add the unit's stored delta instead of running its block(s)
+    ADD = 4  # reuse: add the unit's forecast residual instead of running its block(s)
 
 
 class StepKind(IntEnum):
-    """How a whole step treats a stream group."""
+    """How one step treats one cache unit."""
 
-    FULL = 0  # run every block, record nothing (warm-up, or a refresh no reuse step needs)
-    REFRESH = 1  # run every block and record the deltas
-    REUSE = 2  # run the computed blocks and add the stored deltas
+    FULL = 0  # run its blocks, record nothing (warm-up, or a refresh no reuse step needs)
+    REFRESH = 1  # run its blocks and record the residual
+    REUSE = 2  # add the forecast residual instead of running its blocks
 
 
 @dataclass(frozen=True)
@@ -44,81 +49,177 @@ class CacheUnit:
         return self.last > self.first
 
 
+# One action: (op, block index, unit index or -1, forecast weights of an ADD (oldest record first) or None).
+Action = tuple[Op, int, int, tuple[float, ...] | None]
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The compiled actions of one stream group on one step.
+
+    Attributes:
+        ops: the actions in block order.
+        computed: blocks that run.
+        skipped: blocks replaced by a unit's residual.
+    """
+
+    ops: tuple[Action, ...]
+    computed: int
+    skipped: int
+
+    @property
+    def is_plain(self) -> bool:
+        """True when every block runs and nothing is recorded (the plain loop)."""
+        return all(op == Op.RUN for op, _, _, _ in self.ops)
+
+
 @dataclass(frozen=True)
 class GroupPlan:
-    """The compiled actions of one stream group.
+    """The static part of a stream group's plan.
 
     Attributes:
         name: stream group name.
         depth: number of blocks.
         units: the cache units in block order.
-        computed_blocks: blocks that run on reuse steps (foreground-focused blocks).
-        refresh_ops: (op, block, unit) triples executed on refresh steps, one per block.
-        reuse_ops: (op, block, unit) triples executed on reuse steps: one RUN per computed block, one ADD per unit.
+        unit_configs: each unit's resolved warm-up, schedule and forecast order.
+        computed_blocks: blocks that no unit covers (they run on every step: the foreground-focused blocks).
     """
 
     name: str
     depth: int
     units: tuple[CacheUnit, ...]
+    unit_configs: tuple[UnitConfig, ...]
     computed_blocks: tuple[int, ...]
-    refresh_ops: tuple[tuple[Op, int, int], ...]
-    reuse_ops: tuple[tuple[Op, int, int], ...]
+
+    @property
+    def history_sizes(self) -> tuple[int, ...]:
+        """How many recorded residuals each unit keeps: its forecast order + 1."""
+        return tuple(u.forecast_order + 1 for u in self.unit_configs)
 
 
 def cache_units(cached_blocks: tuple[int, ...]) -> tuple[CacheUnit, ...]:
     """Splits a sorted block list into maximal runs of consecutive indices."""
-    units: list[CacheUnit] = []
-    for block in cached_blocks:
-        if units and block == units[-1].last + 1:
-            units[-1] = CacheUnit(units[-1].first, block)
-        else:
-            units.append(CacheUnit(block, block))
-    return tuple(units)
+    return tuple(CacheUnit(u.first, u.last) for u in block_runs(cached_blocks))
 
 
 def compile_group(group: StreamGroupConfig) -> GroupPlan:
-    """Compiles a validated stream group into its op lists."""
-    units = cache_units(group.cached_blocks)
-    unit_of = {b: i for i, u in enumerate(units) for b in range(u.first, u.last + 1)}
-    refresh_ops, reuse_ops = [], []
-    for block in range(group.depth):
-        index = unit_of.get(block)
-        if index is None:
-            refresh_ops.append((Op.RUN, block, -1))
-            reuse_ops.append((Op.RUN, block, -1))
-            continue
-        unit = units[index]
-        if not unit.is_span:
-            refresh_ops.append((Op.RUN_RECORD, block, index))
-        elif block == unit.first:
-            refresh_ops.append((Op.OPEN_SPAN, block, index))
-        elif block == unit.last:
-            refresh_ops.append((Op.CLOSE_SPAN, block, index))
-        else:
-            refresh_ops.append((Op.RUN, block, index))
-        if block == unit.last:
-            reuse_ops.append((Op.ADD, block, index))
-    computed = tuple(b for b in range(group.depth) if b not in unit_of)
-    return GroupPlan(group.name, group.depth, units, computed, tuple(refresh_ops), tuple(reuse_ops))
+    """The static plan of a validated stream group (units and the blocks that always run)."""
+    configs = group.resolved_units()
+    units = tuple(CacheUnit(u.first, u.last) for u in configs)
+    covered = {b for u in units for b in range(u.first, u.last + 1)}
+    computed = tuple(b for b in range(group.depth) if b not in covered)
+    return GroupPlan(group.name, group.depth, units, configs, computed)
+
+
+def unit_step_kinds(where: str, unit: UnitConfig, num_steps: int) -> tuple[StepKind, ...]:
+    """Classifies every step of a run for one resolved unit.
+
+    The unit runs on its warm-up and refresh steps and is reused on the others. A step on which it runs records its
+    residual only when a later reuse step's forecast needs that record, i.e. when it is among the last
+    ``forecast_order + 1`` run steps before some reuse step; otherwise it is FULL (records nothing). With order 0 this
+    records exactly the last refresh before each run of reuse steps, so a schedule that refreshes every step costs
+    nothing over the plain loop.
+    """
+    refresh = set(unit_refresh_steps(where, unit, num_steps))
+    runs = [step < unit.warmup_steps or step in refresh for step in range(num_steps)]
+    kinds = [StepKind.FULL if run else StepKind.REUSE for run in runs]
+    runs_before_reuse = None  # run steps seen (going backwards) since the nearest later reuse step
+    for step in range(num_steps - 1, -1, -1):
+        if not runs[step]:
+            runs_before_reuse = 0
+        elif runs_before_reuse is not None:
+            if runs_before_reuse <= unit.forecast_order:
+                kinds[step] = StepKind.REFRESH
+            runs_before_reuse += 1
+    return tuple(kinds)
 
 
 def step_kinds(group: StreamGroupConfig, num_steps: int) -> tuple[StepKind, ...]:
-    """Classifies every step of a run for one group.
+    """Classifies every step of a run for the group's own warm-up, schedule and forecast order."""
+    unit = UnitConfig(0, 0, group.warmup_steps, group.schedule, group.forecast_order)
+    return unit_step_kinds(f"group '{group.name}'", unit, num_steps)
 
-    Warm-up steps are FULL. After the warm-up a step is REFRESH if the schedule lists it, else REUSE. A refresh
-    that no later reuse step depends on (it is followed by another refresh or by the end) records nothing and is
-    downgraded to FULL, so a schedule that refreshes every step costs nothing over the plain loop.
+
+def lagrange_weights(nodes: Sequence[float], x: float) -> tuple[float, ...]:
+    """Weights ``w`` with ``p(x) = sum_i w_i f(nodes_i)`` for the polynomial through the points (extrapolation).
+
+    One node gives ``(1.0,)`` (a copy); two give the linear extrapolation of the finite difference; three the
+    quadratic one.
+
+    Raises:
+        ValueError: two nodes coincide.
     """
-    refresh = set(group.refresh_steps(num_steps))
-    kinds = [StepKind.FULL] * num_steps
-    for step in range(group.warmup_steps, num_steps):
-        kinds[step] = StepKind.REFRESH if step in refresh else StepKind.REUSE
-    needed = False  # does a reuse step follow before the next refresh?
-    for step in range(num_steps - 1, -1, -1):
-        if kinds[step] == StepKind.REUSE:
-            needed = True
-        elif kinds[step] == StepKind.REFRESH:
-            if not needed:
-                kinds[step] = StepKind.FULL
-            needed = False
-    return tuple(kinds)
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"forecast nodes {list(nodes)} repeat a value: the abscissa must differ between records")
+    weights = []
+    for i, xi in enumerate(nodes):
+        w = 1.0
+        for j, xj in enumerate(nodes):
+            if j != i:
+                w *= (x - xj) / (xi - xj)
+        weights.append(w)
+    return tuple(weights)
+
+
+def _unit_actions(block: int, index: int, unit: CacheUnit, kind: StepKind, weights) -> list[Action]:
+    """The action (or none, inside a reused span) of one cached block."""
+    if kind == StepKind.FULL:
+        return [(Op.RUN, block, index, None)]
+    if kind == StepKind.REUSE:
+        return [(Op.ADD, block, index, weights)] if block == unit.last else []
+    if not unit.is_span:
+        return [(Op.RUN_RECORD, block, index, None)]
+    if block == unit.first:
+        return [(Op.OPEN_SPAN, block, index, None)]
+    return [(Op.CLOSE_SPAN if block == unit.last else Op.RUN, block, index, None)]
+
+
+def compile_steps(group: StreamGroupConfig, plan: GroupPlan, num_steps: int,
+                  positions: Sequence[float] | None = None) -> tuple[StepPlan, ...]:
+    """Compiles every step of a run of ``num_steps`` steps into its op list.
+
+    Args:
+        group: the validated stream group.
+        plan: its static plan (:func:`compile_group`).
+        num_steps: steps of the run.
+        positions: the forecast abscissa of every step (e.g. the sampler's sigmas); None uses the step index.
+
+    Raises:
+        ValueError: a schedule does not fit ``num_steps``, or ``positions`` has the wrong length or repeats a value
+            that a forecast uses.
+    """
+    if positions is not None and len(positions) != num_steps:
+        raise ValueError(f"positions has {len(positions)} entries: expected one per step ({num_steps})")
+    xs = list(range(num_steps)) if positions is None else [float(p) for p in positions]
+    kinds, weights = [], []
+    for index, unit in enumerate(plan.unit_configs):
+        unit_kinds = unit_step_kinds(f"group '{group.name}', unit {unit.first}..{unit.last}", unit, num_steps)
+        kinds.append(unit_kinds)
+        weights.append(_forecast_weights(unit_kinds, unit.forecast_order, xs))
+    unit_of = {b: i for i, u in enumerate(plan.units) for b in range(u.first, u.last + 1)}
+    steps = []
+    for step in range(num_steps):
+        ops: list[Action] = []
+        for block in range(plan.depth):
+            index = unit_of.get(block)
+            if index is None:
+                ops.append((Op.RUN, block, -1, None))
+            else:
+                ops += _unit_actions(block, index, plan.units[index], kinds[index][step], weights[index].get(step))
+        computed = sum(op != Op.ADD for op, _, _, _ in ops)
+        steps.append(StepPlan(tuple(ops), computed, plan.depth - computed))
+    return tuple(steps)
+
+
+def _forecast_weights(kinds: Sequence[StepKind], order: int, xs: Sequence[float]) -> dict[int, tuple[float, ...]]:
+    """Per reuse step, the Lagrange weights of the unit's most recent records (up to ``order + 1`` of them; fewer
+    right after the first refresh, where only a lower order is possible)."""
+    records: list[int] = []
+    weights = {}
+    for step, kind in enumerate(kinds):
+        if kind == StepKind.REFRESH:
+            records.append(step)
+        elif kind == StepKind.REUSE and records:
+            used = records[-(order + 1):]
+            weights[step] = lagrange_weights([xs[s] for s in used], xs[step])
+    return weights

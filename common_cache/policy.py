@@ -6,7 +6,7 @@ keeps the model's stream groups, the statistics of the generation, the per-branc
 context of the forward being run, and checks that the pipeline drives them in order::
 
     attach_cache(model, cache)      # cache.bind(model.stream_group_depths())
-    cache.begin(num_steps)          # once per generation
+    cache.begin(num_steps, sigmas)  # once per generation (sigmas: optional)
     with cache.step(i, branch):     # around every model forward
         model(...)                  # -> run_blocks -> cache.run(group, blocks, states, kwargs)
 """
@@ -48,6 +48,7 @@ class CachePolicy:
         self._model_depths: dict[str, int] | None = None
         self._states: dict[Any, Any] = {}
         self._context: StepContext | None = None
+        self.sigmas: list[float] | None = None
 
     # ----------------------------------------------------------------------------------------------------------
     # The pipeline protocol.
@@ -64,8 +65,12 @@ class CachePolicy:
         self._check_model(model_depths)
         self._model_depths = dict(model_depths)
 
-    def begin(self, num_steps: int) -> None:
+    def begin(self, num_steps: int, sigmas: Sequence[float] | None = None) -> None:
         """Starts a generation of ``num_steps`` denoising steps: clears every branch's state and the statistics.
+
+        Args:
+            num_steps: denoising steps of the generation.
+            sigmas: the sampler's noise level at every step (optional; a policy that forecasts over sigma needs it).
 
         Raises:
             RuntimeError: the cache is not bound to a model yet.
@@ -75,6 +80,9 @@ class CachePolicy:
             raise RuntimeError(
                 f"{self._name}.begin() before bind(): attach the cache to a model with attach_cache()"
             )
+        if sigmas is not None and len(sigmas) != num_steps:
+            raise ValueError(f"sigmas has {len(sigmas)} entries: expected one per step ({num_steps})")
+        self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
         self._prepare(num_steps)
         self._states.clear()
         self.stats = CacheStats(num_steps=num_steps)

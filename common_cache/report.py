@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from tqdm import tqdm
 
 from common_cache.config import CacheProfile
 from common_cache.delta_cache import DeltaCache
+from common_cache.files import write_json_atomic
 
 
 @dataclass
@@ -21,6 +21,8 @@ class GenerationReport:
     Attributes:
         seeds: the seeds actually used.
         denoise_seconds: wall time of the denoising loop.
+        denoise_cpu_seconds: the process's CPU time in the denoising loop (all threads; on a CPU run with one
+            thread it is the loop's cost without what other processes on the machine take from it).
         step_seconds: wall time of each step (measured by :class:`DenoiseTimer`, after waiting for a GPU).
         full_steps: steps on which every block ran (no cache, warm-up and refresh steps).
         decode_seconds: VAE decoding.
@@ -29,6 +31,7 @@ class GenerationReport:
 
     seeds: list[int] = field(default_factory=list)
     denoise_seconds: float = 0.0
+    denoise_cpu_seconds: float = 0.0
     step_seconds: list[float] = field(default_factory=list)
     full_steps: list[int] = field(default_factory=list)
     decode_seconds: float = 0.0
@@ -39,6 +42,13 @@ class GenerationReport:
         self.step_seconds.append(seconds)
         if cache is None or all(group.skipped[index] == 0 for group in cache.stats.groups.values()):
             self.full_steps.append(index)
+
+    def timings(self) -> dict:
+        """The report's timings for a statistics JSON (seconds; ``step_seconds`` per step)."""
+        return {"denoise_seconds": self.denoise_seconds, "denoise_cpu_seconds": self.denoise_cpu_seconds,
+                "decode_seconds": self.decode_seconds,
+                "total_seconds": self.total_seconds, "step_seconds": list(self.step_seconds),
+                "full_steps": list(self.full_steps), "seeds": list(self.seeds)}
 
     def measured_speedup(self) -> float | None:
         """Full-compute loop time estimated from this run's own full steps, over the actual loop time.
@@ -64,6 +74,7 @@ class DenoiseTimer:
         self.report, self.cache, self.device = report, cache, device
         self.bar = tqdm(total=num_steps, desc="denoising", disable=not show)
         self.start = self.last = time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def step_done(self, index: int) -> None:
         if self.device.type == "cuda":
@@ -78,6 +89,7 @@ class DenoiseTimer:
     def close(self) -> None:
         self.bar.close()
         self.report.denoise_seconds = time.perf_counter() - self.start
+        self.report.denoise_cpu_seconds = time.process_time() - self.cpu_start
 
 
 def saved_calls_text(cache: DeltaCache) -> str:
@@ -90,8 +102,16 @@ def log_cache_profile(logger: logging.Logger, profile: CacheProfile, source: str
     """Logs the profile in use once at start-up (tag, groups, effective refresh steps, provisional warning)."""
     logger.info("cache profile %s (%s)", profile.config.tag(), source)
     for group in profile.config.groups:
-        logger.info("cache group %s: blocks %s, warm-up %d, refresh steps %s", group.name, list(group.cached_blocks),
-                    group.warmup_steps, list(group.refresh_steps(num_steps)))
+        if not group.units:
+            logger.info("cache group %s: blocks %s, warm-up %d, refresh steps %s, forecast order %d", group.name,
+                        list(group.cached_blocks), group.warmup_steps, list(group.refresh_steps(num_steps)),
+                        group.forecast_order)
+            continue
+        group.check_steps(num_steps)
+        for unit in group.resolved_units():
+            logger.info("cache group %s, blocks %d..%d: warm-up %d, refresh steps %s, forecast order %d", group.name,
+                        unit.first, unit.last, unit.warmup_steps,
+                        list(unit.schedule.refresh_steps(unit.warmup_steps, num_steps)), unit.forecast_order)
     if profile.metadata.get("provisional"):
         logger.warning("the cache profile is provisional: %s", profile.metadata.get("source"))
 
@@ -105,7 +125,18 @@ def log_cache_summary(logger: logging.Logger, cache: DeltaCache, report: Generat
     logger.info("speedup of the denoising loop: ideal %.3fx, measured %s (full-step time x steps / loop time)",
                 cache.stats.ideal_speedup, f"{measured:.3f}x" if measured else "n/a")
     if stats_path:
-        data = {"profile_tag": profile.config.tag(), "measured_speedup": measured,
-                "denoise_seconds": report.denoise_seconds, **cache.stats.to_dict()}
-        with open(stats_path, "w") as handle:
-            json.dump(data, handle, indent=2)
+        write_run_stats(stats_path, report, {"policy": "delta_cache", "profile_tag": profile.config.tag(),
+                                             "measured_speedup": measured, **cache.stats.to_dict()})
+
+
+def write_run_stats(path: str, report: GenerationReport, cache_part: dict | None = None) -> None:
+    """Writes a run's statistics JSON (``--cache_stats``) atomically: the report's timings (``denoise_seconds``,
+    ``decode_seconds``, ``total_seconds``, ``step_seconds``...) plus the cache policy's statistics.
+
+    Args:
+        path: the JSON file.
+        report: the run's timings.
+        cache_part: the policy's fields (``policy``, block calls, speedup...); None for a run without a cache, which
+            is written with ``"policy": "none"`` so that full and cached runs share one format.
+    """
+    write_json_atomic(path, {**(cache_part or {"policy": "none"}), **report.timings()})

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 
-def _check_int(field: str, value: object, minimum: int) -> None:
+def check_int(field: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{field}={value!r} is not allowed: expected an integer >= {minimum}")
 
@@ -37,7 +37,7 @@ class UniformSchedule:
     kind: ClassVar[str] = "uniform"
 
     def __post_init__(self) -> None:
-        _check_int("interval", self.interval, 1)
+        check_int("interval", self.interval, 1)
 
     def refresh_steps(self, warmup_steps: int, num_steps: int) -> tuple[int, ...]:
         """Returns the sorted refresh steps in ``[warmup_steps, num_steps)``."""
@@ -64,7 +64,7 @@ class StepListSchedule:
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         for step in self.steps:
-            _check_int("refresh step", step, 0)
+            check_int("refresh step", step, 0)
         duplicates = sorted({s for s in self.steps if self.steps.count(s) > 1})
         if duplicates:
             raise ValueError(f"refresh steps {list(self.steps)} contain duplicates {duplicates}: each step once")
@@ -115,9 +115,9 @@ class LinearSchedule:
     kind: ClassVar[str] = "linear"
 
     def __post_init__(self) -> None:
-        _check_int("min_interval", self.min_interval, 1)
-        _check_int("max_interval", self.max_interval, self.min_interval)
-        _check_int("granularity", self.granularity, 1)
+        check_int("min_interval", self.min_interval, 1)
+        check_int("max_interval", self.max_interval, self.min_interval)
+        check_int("granularity", self.granularity, 1)
 
     def interval_at(self, step: int, warmup_steps: int, num_steps: int) -> int:
         """The rounded interval T_s that follows a refresh at ``step``."""

@@ -48,6 +48,7 @@ import torch
 
 from common_cache.distributed import all_reduce_mean
 from common_cache.policy import CachePolicy, StepContext
+from common_cache.report import write_run_stats
 from common_cache.runner import Signal, States, call_block
 
 UNCALIBRATED = (1.0, 0.0)  # poly(d) = d: the raw relative L1, used when no fitted coefficients exist
@@ -88,6 +89,8 @@ PUBLISHED: dict[str, TeaCachePreset] = {
         (8107.05460, 2133.93892, -372.934672, 16.6203073, -0.0417769401), "e0", 5, 0, _WAN + " (ret steps)"),
 }
 WAN_TASK_MODELS = {"t2v-1.3B": "wan2.1-t2v-1.3B", "t2v-14B": "wan2.1-t2v-14B"}
+# Image-to-video: one fit per checkpoint resolution (the 480P and 720P I2V-14B checkpoints).
+WAN_IMAGE_TASK_MODELS = {"i2v-14B": {"480P": "wan2.1-i2v-480P", "720P": "wan2.1-i2v-720P"}}
 COEFFICIENTS_FORMAT = "profilingdit-teacache-coefficients"
 
 
@@ -161,22 +164,34 @@ def preset_config(model: str, threshold: float) -> TeaCacheConfig:
 
 
 def wan_teacache_config(task: str, threshold: float, use_ret_steps: bool = False,
-                        coefficients: Sequence[float] | None = None, source: str = "") -> TeaCacheConfig:
-    """TeaCache settings for a Wan2.1 text-to-video task.
+                        coefficients: Sequence[float] | None = None, source: str = "",
+                        resolution: str | None = None) -> TeaCacheConfig:
+    """TeaCache settings for a Wan2.1 text-to-video or image-to-video task.
 
     Args:
-        task: the ``--task`` (``t2v-1.3B`` and ``t2v-14B`` have published coefficients).
+        task: the ``--task`` (``t2v-1.3B``, ``t2v-14B`` and ``i2v-14B`` have published coefficients).
         threshold: ``--teacache_thresh``.
         use_ret_steps: indicator ``e0`` with the first 5 steps forced and no forced last step; else ``e`` with the
             first and the last step forced (the official rules).
         coefficients: fitted coefficients (highest degree first) replacing the published ones; None uses the
             published ones, or :data:`UNCALIBRATED` for a task without any.
         source: where ``coefficients`` come from.
+        resolution: image-to-video only: the checkpoint's resolution, ``480P`` or ``720P`` (TeaCache publishes one
+            fit for each I2V-14B checkpoint).
+
+    Raises:
+        ValueError: an image-to-video task with published fits but no (or an unknown) ``resolution``.
     """
     indicator, first, last = ("e0", 5, 0) if use_ret_steps else ("e", 1, 1)
     if coefficients is not None:
         return TeaCacheConfig(threshold, tuple(coefficients), indicator, first, last, source or "user")
     model = WAN_TASK_MODELS.get(task)
+    if task in WAN_IMAGE_TASK_MODELS:
+        fits = WAN_IMAGE_TASK_MODELS[task]
+        if resolution not in fits:
+            raise ValueError(f"TeaCache for task {task}: resolution={resolution!r} is not allowed: the published "
+                             f"coefficients are per checkpoint, one of {sorted(fits)}")
+        model = fits[resolution]
     if model is None:
         return TeaCacheConfig(threshold, UNCALIBRATED, indicator, first, last,
                               f"uncalibrated: no published coefficients for task {task}; fit them with "
@@ -414,6 +429,4 @@ def log_teacache_summary(logger: logging.Logger, cache: TeaCache, report, stats_
     logger.info("speedup of the denoising loop: ideal %.3fx, measured %s (full-step time x steps / loop time)",
                 cache.stats.ideal_speedup, f"{measured:.3f}x" if measured else "n/a")
     if stats_path:
-        data = {**cache.to_dict(), "measured_speedup": measured, "denoise_seconds": report.denoise_seconds}
-        with open(stats_path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
+        write_run_stats(stats_path, report, {"policy": "teacache", **cache.to_dict(), "measured_speedup": measured})

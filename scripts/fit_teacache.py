@@ -56,7 +56,7 @@ class SignalRecorder:
     def bind(self, model_depths) -> None:
         pass
 
-    def begin(self, num_steps: int) -> None:
+    def begin(self, num_steps: int, sigmas=None) -> None:
         self.signals.clear()
         self.outputs.clear()
 

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 
 from common_cache.profiling import (
@@ -85,6 +87,57 @@ def add_decision_args(parser: argparse.ArgumentParser, cache_k: dict, default_ou
     out.add_argument("--figures", default=None, help="Figure path prefix (default: --out without .json).")
     out.add_argument("--resume", action="store_true", help="Continue from <out>.partial.json.")
     return decide
+
+
+def add_budget_args(parser: argparse.ArgumentParser, dash: str = "_") -> None:
+    """The budgeted-profile options (common_cache.profiling.budget)."""
+    from common_cache.config import MAX_FORECAST_ORDER
+    from common_cache.profiling.budget import LAYOUTS
+
+    budget = parser.add_argument_group(
+        "budgeted profile (forecasting; replaces the attention statistics and the block split)")
+    budget.add_argument(flag("target_speedup", dash), dest="target_speedup", type=float, default=None, metavar="X",
+                        help="Choose every unit's refresh steps and forecast order so that the block calls give an "
+                             "ideal speedup of at least X with the least predicted error, then measure the result "
+                             "on the profiling prompts.")
+    budget.add_argument(flag("max_forecast_order", dash), dest="max_forecast_order", type=int, default=2,
+                        help=f"Highest forecast order the search may choose (0..{MAX_FORECAST_ORDER}; 0: copies).")
+    budget.add_argument(flag("budget_layout", dash), dest="budget_layout", default="stack", choices=list(LAYOUTS),
+                        help="stack: each stream group refreshes as one unit (default; best measured); blocks: "
+                             "every block has its own steps.")
+    budget.add_argument(flag("residual_elements", dash), dest="residual_elements", type=int, default=1 << 16,
+                        help="Residual entries per block and step kept for the search (a fixed random subset).")
+
+
+def check_budget_args(args: argparse.Namespace, num_steps: int, dash: str = "_") -> None:
+    """Ranges of the budgeted-profile options (before any model is loaded)."""
+    from common_cache.config import MAX_FORECAST_ORDER
+
+    target = args.target_speedup
+    if target is not None and not (math.isfinite(target) and 1.0 < target <= num_steps):
+        raise ValueError(f"{flag('target_speedup', dash)} {target} is not allowed: expected a number in "
+                         f"(1, {num_steps}] (ideal speedup: full block calls over computed ones)")
+    if not 0 <= args.max_forecast_order <= MAX_FORECAST_ORDER:
+        raise ValueError(f"{flag('max_forecast_order', dash)} {args.max_forecast_order} is not allowed: expected "
+                         f"0..{MAX_FORECAST_ORDER}")
+    if args.residual_elements < 1:
+        raise ValueError(f"{flag('residual_elements', dash)} {args.residual_elements} is not allowed: expected an "
+                         "integer >= 1")
+
+
+def save_budgeted_profile(path: str, config, search: dict, measured: dict, facts: dict, prompts: Sequence[str],
+                          seeds: Sequence[int], command: str, seconds: float) -> None:
+    """Writes a budgeted profile (no per-block scores; the search and the measured figures in its metadata) and
+    logs what was measured on the profiling prompts."""
+    from common_cache import CacheProfile
+
+    metadata = {**facts, "source": "profiler (budgeted)", "prompts": list(prompts), "seeds": list(seeds),
+                "budget": search, "measured_on_profiling_prompts": measured, "command": command,
+                "profiling_seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    CacheProfile(config, {}, metadata).save(path)
+    logging.info("budgeted profile written to %s: ideal speedup %.3fx; on the %d profiling prompts: PSNR %s dB "
+                 "(min %s), measured speedup %.2fx", path, measured["ideal_speedup"], len(prompts),
+                 measured["psnr_mean"], measured["psnr_min"], measured["measured_speedup"])
 
 
 def run_metadata(args: argparse.Namespace, script: str, argv: list[str], seconds: float) -> dict:
@@ -224,6 +277,29 @@ def make_mask_provider(args: argparse.Namespace, temporal_stride: int, dash: str
     return MaskVideoProvider(paths, temporal_stride=temporal_stride)
 
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0..2^64-1
+
+
+def check_seed_range(seed: int | None, count: int, shown: str) -> None:
+    """Prompt i runs with seed + i: every one must be a 64-bit unsigned seed (``shown``: the flag, e.g. --seed)."""
+    if seed is not None and not 0 <= seed <= MAX_SEED - (count - 1):
+        raise ValueError(f"{shown} {seed} is not allowed: expected 0..{MAX_SEED - (count - 1)} (prompt i uses "
+                         f"{shown} + i for {count} prompts; a seed is a 64-bit unsigned integer)")
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """``--out`` (a .json file) and ``--figures`` (a path prefix: ``<prefix>_heatmap.png``...) can be written:
+    existing, writable folders. Run before any model is loaded."""
+    from common_cache import check_output_file, check_output_folder
+
+    check_output_file("--out", args.out, (".json",))
+    prefix = args.figures
+    if not prefix or prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+        raise ValueError(f"--figures {prefix!r} is a folder: expected a path prefix such as figs/wan (figures go to "
+                         "figs/wan_heatmap.png, figs/wan_step_change.png)")
+    check_output_folder("--figures", os.path.dirname(os.path.abspath(prefix)), prefix)
+
+
 def check_decision_flags(args: argparse.Namespace, num_steps: int, dash: str = "_",
                          check_cache_k: Callable[[argparse.Namespace], None] | None = None) -> None:
     """Checks the statistics and decision flags and fills their derived values.
@@ -246,6 +322,8 @@ def check_decision_flags(args: argparse.Namespace, num_steps: int, dash: str = "
         check_cache_k(args)
     if args.cache_k is not None and args.tau is not None:
         raise ValueError(f"{flag('cache_k', dash)} and {flag('tau', dash)} exclude each other: give one")
+    if args.tau is not None and not math.isfinite(args.tau):
+        raise ValueError(f"{flag('tau', dash)} {args.tau} is not allowed: expected a finite number (a score)")
     for name, low in (("attention_every", 1), ("reuse_every", 0)):
         if getattr(args, name) < low:
             raise ValueError(f"{flag(name, dash)} {getattr(args, name)} is not allowed: expected an integer >= {low}")

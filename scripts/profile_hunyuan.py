@@ -26,6 +26,7 @@ import argparse
 import logging
 import os
 import random
+import shlex
 import sys
 import time
 
@@ -35,6 +36,7 @@ for _path in (os.path.join(ROOT, "HunyuanVideo"), SCRIPTS):
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import sample_video  # noqa: E402
@@ -55,10 +57,15 @@ from hyvideo.config import (  # noqa: E402
 from hyvideo.inference import SEED_RANGE, component_paths  # noqa: E402
 from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG  # noqa: E402
 from hyvideo.profiling import HunyuanProfiling  # noqa: E402
+from common_cache.profiling.budget import budgeted_profile  # noqa: E402
 from profile_common import (  # noqa: E402
+    add_budget_args,
     add_decision_args,
     add_mask_args,
+    check_budget_args,
     check_decision_flags,
+    check_output_paths,
+    check_seed_range,
     cli_main,
     check_mask_flags,
     make_mask_provider,
@@ -69,6 +76,7 @@ from profile_common import (  # noqa: E402
     resolve_prompts,
     run_key,
     run_metadata,
+    save_budgeted_profile,
     write_json_atomic,
 )
 
@@ -97,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     prompts.add_argument("--prompt-file", default=None, help="A text file with one prompt per line.")
     prompts.add_argument("--num-prompts", type=int, default=None, help="Use the first N prompts.")
     add_mask_args(parser, "-")
+    add_budget_args(parser, "-")
     cache_k = dict(action="append", default=None, metavar="K|GROUP:K",
                    help="Cache this many blocks: one integer for every profiled group, or GROUP:K (repeat the flag "
                         "per group; a group without K is split at its mean score).")
@@ -124,11 +133,12 @@ def validate(args: argparse.Namespace) -> None:
                          f"0..{args.infer_steps - 1}")
     if args.query_chunk < 1:
         raise ValueError(f"--query-chunk {args.query_chunk} is not allowed: expected an integer >= 1")
+    check_seed_range(args.seed, len(args.prompts), "--seed")
+    check_budget_args(args, args.infer_steps, "-")
     check_mask_flags(args, "-")
     args.out = args.out or os.path.abspath("cache_profile_hunyuan.json")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise ValueError(f"--out {args.out}: its folder does not exist")
     args.figures = args.figures or os.path.splitext(args.out)[0]
+    check_output_paths(args)
     if not args.flow_reverse:
         logging.warning("profiling without --flow-reverse: every official script passes it, and the clean-latent "
                         "estimate of the masks assumes sampling from noise (t=1) to data (t=0)")
@@ -206,6 +216,8 @@ def check_cache_k(args: argparse.Namespace, depths: dict[str, int]) -> None:
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     """Loads the pipeline, profiles the prompts not done yet (saving after each) and writes the outputs."""
+    if args.target_speedup is not None:
+        return run_budgeted(args, argv)
     partial = args.out + ".partial.json"
     key = run_key(args, RESUME_KEYS)
     data = read_partial(args, partial, key)
@@ -230,6 +242,45 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     return profile_or_resume_later(
         lambda: profile_prompts(args, sampler, recorder, done, saved), bar, recorder, partial, len(args.prompts),
         lambda statistics: write_outputs(args, statistics, depths, argv, time.perf_counter() - start))
+
+
+def run_budgeted(args: argparse.Namespace, argv: list[str]) -> int:
+    """``--target-speedup``: residual trajectories of the full model, the budgeted search, then the chosen profile
+    run on the profiling prompts (docs/profiling.md, "Budgeted profiles")."""
+    from common_cache import attach_cache, detach_cache
+
+    start = time.perf_counter()
+    args.base_seed = draw_seed(args.seed)
+    sampler = sample_video.load_sampler(args, None)
+    seeds = [args.base_seed + i for i in range(len(args.prompts))]
+
+    def generate(policy, prompt: str, seed: int):
+        detach_cache(sampler.model)
+        if policy is not None:
+            attach_cache(sampler.model, policy)
+        try:
+            out = sampler.predict(
+                prompt=prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,
+                seed=seed, negative_prompt=args.neg_prompt, infer_steps=args.infer_steps,
+                guidance_scale=args.cfg_scale, flow_shift=args.flow_shift,
+                embedded_guidance_scale=args.embedded_cfg_scale, progress=False)
+        finally:
+            detach_cache(sampler.model)
+        video = out["samples"][0].permute(1, 2, 3, 0)  # [T, H, W, 3] in [0, 1]
+        return (video * 255).round().clamp(0, 255).to(torch.uint8).numpy(), out["report"].denoise_seconds
+
+    bar = tqdm(total=3 * len(args.prompts), desc="budgeted profile (trajectories, then check)", unit="video")
+    config, search, measured = budgeted_profile(
+        generate, args.prompts, seeds, sampler.model.stream_group_depths(), args.target_speedup,
+        args.max_forecast_order, args.budget_layout, args.residual_elements, bar.update)
+    bar.close()
+    facts = {"model": model_name(args), "depths": sampler.model.stream_group_depths(),
+             "video_size": list(args.video_size), "video_length": args.video_length, "steps": args.infer_steps,
+             "flow_shift": args.flow_shift, "flow_reverse": args.flow_reverse,
+             "embedded_cfg_scale": args.embedded_cfg_scale, "cfg_scale": args.cfg_scale}
+    save_budgeted_profile(args.out, config, search, measured, facts, args.prompts, seeds,
+                          "python scripts/profile_hunyuan.py " + shlex.join(argv), time.perf_counter() - start)
+    return 0
 
 
 def draw_seed(seed: int | None) -> int:

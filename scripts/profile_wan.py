@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import shlex
 import sys
 import time
 
@@ -34,10 +36,15 @@ from common_cache.profiling import (  # noqa: E402
     build_profile,
     plot_heatmap,
 )
+from common_cache.profiling.budget import budgeted_profile  # noqa: E402
 from profile_common import (  # noqa: E402
+    add_budget_args,
     add_decision_args,
     add_mask_args,
+    check_budget_args,
     check_decision_flags,
+    check_output_paths,
+    check_seed_range,
     cli_main,
     load_partial,
     make_mask_provider,
@@ -45,18 +52,26 @@ from profile_common import (  # noqa: E402
     plot_refresh_schedules,
     profile_or_resume_later,
     run_metadata,
+    save_budgeted_profile,
     write_json_atomic,
 )
 from profile_common import resolve_prompts as resolve_prompt_flags  # noqa: E402
 from profile_common import run_key as resume_key  # noqa: E402
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS  # noqa: E402
-from wan.profiling import classifier_free_guidance, profile_prompts  # noqa: E402
+from wan.configs import MAX_AREA_CONFIGS, is_image_task  # noqa: E402
+from wan.modules.model import ROPE_MAX_POSITIONS  # noqa: E402
+from wan.profiling import (  # noqa: E402
+    classifier_free_guidance,
+    profile_prompts,
+    run_with_cache,
+)
 from wan.text2video import SAMPLE_SOLVERS  # noqa: E402
 
-MODEL_NAMES = {"t2v-14B": "Wan2.1-T2V-14B", "t2v-1.3B": "Wan2.1-T2V-1.3B", "t2v-tiny": "Wan2.1-T2V-tiny"}
-RESUME_KEYS = ("task", "size", "frame_num", "sample_solver", "sample_steps", "sample_shift", "sample_guide_scale",
-               "base_seed", "prompts", "mask_provider", "mask_source", "mask_method", "mask_videos", "mask_pooling",
-               "threshold", "attention_every", "reuse_every", "interval", "warmup")
+MODEL_NAMES = {"t2v-14B": "Wan2.1-T2V-14B", "t2v-1.3B": "Wan2.1-T2V-1.3B", "t2v-tiny": "Wan2.1-T2V-tiny",
+               "i2v-14B": "Wan2.1-I2V-14B"}
+RESUME_KEYS = ("task", "image", "size", "frame_num", "sample_solver", "sample_steps", "sample_shift",
+               "sample_guide_scale", "base_seed", "prompts", "mask_provider", "mask_source", "mask_method",
+               "mask_videos", "mask_pooling", "threshold", "attention_every", "reuse_every", "interval", "warmup")
 TINY_PROMPT_SEED = 1234  # training-split captions of wan/tiny/data.py (evaluation uses the held-out split)
 
 
@@ -73,12 +88,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--sample_guide_scale", type=float, default=5.0)
     run.add_argument("--base_seed", type=int, default=0, help="Seed of prompt i is base_seed + i.")
     run.add_argument("--t5_cpu", action="store_true")
+    run.add_argument("--image", default=None,
+                     help="i2v tasks (required there): the first frame of every profiling video; --size is its area.")
     prompts = parser.add_argument_group("profiling prompts")
     prompts.add_argument("--prompt", action="append", default=None, help="A profiling prompt (repeatable).")
     prompts.add_argument("--prompt_file", default=None, help="A text file with one prompt per line.")
     prompts.add_argument("--num_prompts", type=int, default=None,
                          help="Use the first N prompts (t2v-tiny without prompts: N training captions, default 8).")
     add_mask_args(parser)
+    add_budget_args(parser)
     add_decision_args(parser, dict(type=int, default=None, help="Cache this many blocks (compute budget)."),
                       "./cache_profile_<task>.json")
     return parser.parse_args(argv)
@@ -91,22 +109,69 @@ def validate(args: argparse.Namespace) -> None:
         if config.get("default_ckpt_dir") is None:
             raise ValueError(f"--ckpt_dir is required for --task {args.task}")
         args.ckpt_dir = config.default_ckpt_dir
-    args.size = args.size or config.get("default_size", "1280*720")
-    args.frame_num = args.frame_num or config.get("frame_num", 81)
-    args.sample_steps = args.sample_steps or config.get("sample_steps", 50)
-    args.sample_shift = args.sample_shift or config.get("sample_shift", 5.0)
+    # "is None", not "or": an explicit 0 must be refused below, not replaced by the default
+    args.size = config.get("default_size", "1280*720") if args.size is None else args.size
+    args.frame_num = config.get("frame_num", 81) if args.frame_num is None else args.frame_num
+    args.sample_steps = config.get("sample_steps", 50) if args.sample_steps is None else args.sample_steps
+    if args.sample_shift is None and args.size in ("832*480", "480*832") and config.get("sample_shift_480p"):
+        args.sample_shift = config.sample_shift_480p  # i2v at 480P, as generate.py
+    args.sample_shift = config.get("sample_shift", 5.0) if args.sample_shift is None else args.sample_shift
     if args.size not in SUPPORTED_SIZES[args.task]:
         raise ValueError(
             f"--size {args.size} is not supported by task {args.task}: allowed {SUPPORTED_SIZES[args.task]}"
         )
-    if args.frame_num < 1 or (args.frame_num - 1) % 4:
-        raise ValueError(f"--frame_num {args.frame_num} is not allowed: expected 4n+1")
+    check_image(args)
+    check_sampling_numbers(args, config)
     check_decision_flags(args, args.sample_steps, "_", check_cache_k=lambda a: check_cache_k(a, config.num_layers))
+    check_budget_args(args, args.sample_steps)
     args.prompts = resolve_prompts(args)
+    check_seed_range(args.base_seed, len(args.prompts), "--base_seed")
     args.out = args.out or os.path.abspath(f"cache_profile_{args.task}.json")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise ValueError(f"--out {args.out}: its folder does not exist")
     args.figures = args.figures or os.path.splitext(args.out)[0]
+    check_output_paths(args)
+
+
+def check_sampling_numbers(args: argparse.Namespace, config) -> None:
+    """generate.py's ranges for the sampling flags, and the profiler's own (before the decision flags, which are
+    checked against ``--sample_steps``)."""
+    max_frames = (ROPE_MAX_POSITIONS - 1) * config.vae_stride[0] + 1  # one RoPE row per latent frame
+    if args.frame_num < 1 or (args.frame_num - 1) % 4 or args.frame_num > max_frames:
+        raise ValueError(f"--frame_num {args.frame_num} is not allowed: expected 4n+1 in 1..{max_frames}")
+    if args.sample_steps < 1:
+        raise ValueError(f"--sample_steps {args.sample_steps} is not allowed: expected an integer >= 1")
+    if not (math.isfinite(args.sample_shift) and args.sample_shift > 0):
+        raise ValueError(f"--sample_shift {args.sample_shift} is not allowed: expected a finite number > 0")
+    if not math.isfinite(args.sample_guide_scale):
+        raise ValueError(f"--sample_guide_scale {args.sample_guide_scale} is not allowed: expected a finite number")
+    if args.query_chunk < 1:
+        raise ValueError(f"--query_chunk {args.query_chunk} is not allowed: expected an integer >= 1")
+    if args.score_from_step is not None and not 0 <= args.score_from_step < args.sample_steps:
+        raise ValueError(f"--score_from_step {args.score_from_step} is not allowed: expected "
+                         f"0..{args.sample_steps - 1}")
+
+
+def check_image(args: argparse.Namespace) -> None:
+    """``--image``: required by the i2v tasks (a readable image), refused by the others."""
+    from wan.image2video import load_image
+
+    if not is_image_task(args.task):
+        if args.image is not None:
+            raise ValueError(f"--image is only used by the image-to-video tasks; task {args.task} is text-to-video")
+        return
+    if args.image is None:
+        raise ValueError(f"--image is required for task {args.task}: the first frame of the profiling videos")
+    load_image(args.image)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The pipeline's generate() arguments besides prompt and seed (i2v: the image and its maximum area)."""
+    kwargs = dict(frame_num=args.frame_num, shift=args.sample_shift, sample_solver=args.sample_solver,
+                  sampling_steps=args.sample_steps, guide_scale=args.sample_guide_scale)
+    if not is_image_task(args.task):
+        return dict(size=SIZE_CONFIGS[args.size], **kwargs)
+    from wan.image2video import load_image
+
+    return dict(img=load_image(args.image), max_area=MAX_AREA_CONFIGS[args.size], **kwargs)
 
 
 def check_cache_k(args: argparse.Namespace, depth: int) -> None:
@@ -132,14 +197,20 @@ def run_key(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from wan.image2video import WanI2V
     from wan.text2video import WanT2V
 
+    if args.target_speedup is not None:
+        pipeline = (WanI2V if is_image_task(args.task) else WanT2V)(config=WAN_CONFIGS[args.task],
+                                                                    checkpoint_dir=args.ckpt_dir, t5_cpu=args.t5_cpu)
+        return run_budgeted(args, argv, pipeline)
     mask_provider = make_mask_provider(args, WAN_CONFIGS[args.task].vae_stride[0])
     partial = args.out + ".partial.json"
     statistics = load_partial(args, partial, run_key(args))
     config = WAN_CONFIGS[args.task]
     start = time.perf_counter()
-    pipeline = WanT2V(config=config, checkpoint_dir=args.ckpt_dir, t5_cpu=args.t5_cpu)
+    pipeline = (WanI2V if is_image_task(args.task) else WanT2V)(config=config, checkpoint_dir=args.ckpt_dir,
+                                                                t5_cpu=args.t5_cpu)
     recorder = ProfilingRecorder(mask_provider, patch_size=config.patch_size, rule=args.rule,
                                  pooling=args.mask_pooling, combine=classifier_free_guidance(args.sample_guide_scale),
                                  attention_every=args.attention_every,
@@ -153,9 +224,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         write_json_atomic({"run": run_key(args), "statistics": stats.to_dict()}, partial)
         bar.update(1)
 
-    generate_kwargs = dict(size=SIZE_CONFIGS[args.size], frame_num=args.frame_num, shift=args.sample_shift,
-                           sample_solver=args.sample_solver, sampling_steps=args.sample_steps,
-                           guide_scale=args.sample_guide_scale)
+    generate_kwargs = sampling_kwargs(args)
     return profile_or_resume_later(
         lambda: profile_prompts(pipeline, recorder, args.prompts, generate_kwargs, args.base_seed, saved, done,
                                 query_chunk=args.query_chunk),
@@ -163,10 +232,32 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         lambda statistics: write_outputs(args, statistics, argv, time.perf_counter() - start))
 
 
+def run_budgeted(args: argparse.Namespace, argv: list[str], pipeline) -> int:
+    """``--target_speedup``: residual trajectories of the full model, the budgeted search, then the chosen profile
+    run on the profiling prompts (docs/profiling.md, "Budgeted profiles")."""
+    start = time.perf_counter()
+    kwargs = sampling_kwargs(args)
+    seeds = [args.base_seed + i for i in range(len(args.prompts))]
+    bar = tqdm(total=3 * len(args.prompts), desc="budgeted profile (trajectories, then check)", unit="video")
+    config, search, measured = budgeted_profile(
+        lambda policy, prompt, seed: run_with_cache(pipeline, policy, prompt, seed, kwargs), args.prompts, seeds,
+        pipeline.model.stream_group_depths(), args.target_speedup, args.max_forecast_order, args.budget_layout,
+        args.residual_elements, bar.update)
+    bar.close()
+    facts = {"model": MODEL_NAMES.get(args.task, args.task), "task": args.task,
+             "depth": WAN_CONFIGS[args.task].num_layers, "size": args.size, "frame_num": args.frame_num,
+             "sample_solver": args.sample_solver, "sample_shift": args.sample_shift,
+             "sample_guide_scale": args.sample_guide_scale, "steps": args.sample_steps}
+    save_budgeted_profile(args.out, config, search, measured, facts, args.prompts, seeds,
+                          "python scripts/profile_wan.py " + shlex.join(argv), time.perf_counter() - start)
+    return 0
+
+
 def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, argv: list[str], seconds: float) -> None:
     config = WAN_CONFIGS[args.task]
     metadata = {
         "model": MODEL_NAMES.get(args.task, args.task), "task": args.task, "depth": config.num_layers,
+        **({"image": args.image} if args.image is not None else {}),
         "size": args.size, "frame_num": args.frame_num, "sample_solver": args.sample_solver,
         "sample_shift": args.sample_shift, "sample_guide_scale": args.sample_guide_scale,
         **run_metadata(args, "profile_wan.py", argv, seconds),

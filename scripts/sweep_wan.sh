@@ -21,7 +21,20 @@
 #
 # Example:
 #   TASK=t2v-tiny SEEDS="1 2" THRESHOLDS="0.1 0.3" TEACACHE_COEFFICIENTS=$PWD/fit.json bash scripts/sweep_wan.sh
+#
+# Arguments: only --help (-h). Every setting is an environment variable; any other argument is refused, and every
+# value is checked before anything is generated or written.
 set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '$d' -e 's/^# \{0,1\}//'; }
+fail() { echo "error: $*" >&2; exit 2; }
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) usage; exit 0 ;;
+    *) fail "sweep_wan.sh takes no arguments, got '$arg': settings are environment variables, e.g." \
+         "SEEDS=\"1 2\" MODES=\"full tea\" bash scripts/sweep_wan.sh (see --help)" ;;
+  esac
+done
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TASK="${TASK:-t2v-tiny}"
@@ -49,6 +62,23 @@ TEACACHE_COEFFICIENTS="$(absolute "$TEACACHE_COEFFICIENTS")"
 [[ -n "$PROMPTS_FILE" ]] && PROMPTS_FILE="$(absolute "$PROMPTS_FILE")"
 [[ "$PYTHON" == */* ]] && PYTHON="$(absolute "$PYTHON")"
 
+# Every value is checked before the first generation (the generate.py flags themselves by generate.py).
+is_int() { [[ "$1" =~ ^[0-9]+$ ]]; }
+is_number() { [[ "$1" =~ ^[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$ ]]; }
+is_int "$NUM_PROMPTS" && (( NUM_PROMPTS >= 1 )) || fail "NUM_PROMPTS=$NUM_PROMPTS is not allowed: expected an integer >= 1"
+[[ -n "${SEEDS// }" ]] || fail "SEEDS is empty: expected space-separated integers, e.g. SEEDS=\"42 43\""
+for seed in $SEEDS; do is_int "$seed" || fail "SEEDS entry '$seed' is not allowed: expected an integer >= 0"; done
+for t in $THRESHOLDS; do is_number "$t" || fail "THRESHOLDS entry '$t' is not allowed: expected a number >= 0"; done
+[[ "$USE_RET_STEPS" == 0 || "$USE_RET_STEPS" == 1 ]] || fail "USE_RET_STEPS=$USE_RET_STEPS is not allowed: expected 0 or 1"
+[[ "$METRICS" == 0 || "$METRICS" == 1 ]] || fail "METRICS=$METRICS is not allowed: expected 0 or 1"
+[[ -z "$STEPS" ]] || { is_int "$STEPS" && (( STEPS >= 1 )); } \
+  || fail "STEPS=$STEPS is not allowed: expected an integer >= 1 (or empty: the task default)"
+[[ -z "$PROMPTS_FILE" || -f "$PROMPTS_FILE" ]] || fail "PROMPTS_FILE=$PROMPTS_FILE does not exist"
+[[ -z "$CACHE_PROFILE" || -f "$CACHE_PROFILE" ]] || fail "CACHE_PROFILE=$CACHE_PROFILE does not exist"
+[[ -z "$TEACACHE_COEFFICIENTS" || -f "$TEACACHE_COEFFICIENTS" ]] \
+  || fail "TEACACHE_COEFFICIENTS=$TEACACHE_COEFFICIENTS does not exist"
+[[ -n "$PROMPTS_FILE" || "$TASK" == "t2v-tiny" ]] || fail "PROMPTS_FILE is required for TASK=$TASK (one prompt per line)"
+
 # mode name -> extra generate.py flags
 declare -A MODE_ARGS=([full]="")
 MODE_ORDER=(full)
@@ -67,17 +97,13 @@ for mode in $MODES; do
         [[ -n "$TEACACHE_COEFFICIENTS" ]] && MODE_ARGS[$name]+=" --teacache_coefficients $TEACACHE_COEFFICIENTS"
         [[ "$USE_RET_STEPS" == "1" ]] && MODE_ARGS[$name]+=" --use_ret_steps"
       done ;;
-    *) echo "error: MODES entry '$mode' is not allowed: expected full, delta or tea" >&2; exit 2 ;;
+    *) fail "MODES entry '$mode' is not allowed: expected full, delta or tea" ;;
   esac
 done
 
 mkdir -p "$OUT_DIR/logs"
 
 if [[ -z "$PROMPTS_FILE" ]]; then
-  if [[ "$TASK" != "t2v-tiny" ]]; then
-    echo "error: PROMPTS_FILE is required for TASK=$TASK (one prompt per line)" >&2
-    exit 2
-  fi
   PROMPTS_FILE="$OUT_DIR/prompts.txt"
   if [[ ! -s "$PROMPTS_FILE" ]]; then
     (cd "$ROOT/Wan2.1" && "$PYTHON" -c "
@@ -87,7 +113,6 @@ print('\n'.join(caption(s) for s in eval_specs(int(sys.argv[1]))))" "$NUM_PROMPT
     mv "$PROMPTS_FILE.tmp" "$PROMPTS_FILE"
   fi
 fi
-[[ -f "$PROMPTS_FILE" ]] || { echo "error: PROMPTS_FILE=$PROMPTS_FILE does not exist" >&2; exit 2; }
 
 common=(--task "$TASK")
 [[ -n "$CKPT_DIR" ]] && common+=(--ckpt_dir "$CKPT_DIR")
@@ -101,12 +126,11 @@ while IFS= read -r prompt || [[ -n "$prompt" ]]; do
       name="p$(printf %03d "$index")_s${seed}"
       video="$OUT_DIR/$mode/$name.mp4"
       stats="$OUT_DIR/$mode/$name.json"
-      if [[ -f "$video" && ( "$mode" == full || -f "$stats" ) ]]; then
+      if [[ -f "$video" && -f "$stats" ]]; then
         continue  # finished earlier
       fi
       mkdir -p "$OUT_DIR/$mode"
-      extra=()
-      [[ "$mode" != full ]] && extra+=(--cache_stats "$stats")
+      extra=(--cache_stats "$stats")  # every mode, full included: the timings of the reference
       echo "[$mode] $name: $prompt"
       # shellcheck disable=SC2086  # MODE_ARGS and EXTRA_ARGS are word lists on purpose
       (cd "$ROOT/Wan2.1" && "$PYTHON" generate.py "${common[@]}" --prompt "$prompt" --base_seed "$seed" \

@@ -14,8 +14,15 @@ Definitions (uint8 RGB frames; a video is [frames, height, width, 3]):
 * LPIPS (AlexNet, v0.1) per frame, only with ``--lpips-weights`` (torchvision's AlexNet file); FID per video
   (reference frames vs test frames, Inception pool features), only where ``pytorch_fid`` imports. Otherwise the
   output says "skipped: ..." and why.
-* Videos of different lengths are truncated to the shorter one (as the protocol does) and this is reported; a
-  different height, width or channel count is an error.
+* Videos of different lengths, heights or widths are refused (both shapes in the message): a cached video is
+  compared with the full-compute video of the same run settings, so a mismatch means a wrong pairing.
+* The JSON is strict (no ``Infinity``): a PSNR that is infinite (identical frames or videos) is written as
+  ``null`` and the pair carries ``"identical": true`` (``identical_frames`` counts the identical frames); the summary
+  counts ``identical_videos``, and its mean of a PSNR is over the videos where that PSNR is finite (null when none
+  is).
+  The markdown table and the Python functions keep ``inf``.
+* ``--json`` and ``--md`` are checked (extension, writable folder) before any video is read, and written
+  atomically; Ctrl-C or SIGTERM ends the run with exit code 130 or 143 and no file.
 
 Usage (files are paired by name when two folders are given):
 
@@ -29,7 +36,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import tempfile
 
 import numpy as np
 from scipy import linalg, ndimage
@@ -73,20 +82,24 @@ def as_uint8_video(video, name: str = "video") -> np.ndarray:
                      "[0, 1]")
 
 
-def align(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Checks that two videos are comparable; truncates to the shorter length (returns a note when it does)."""
+def align(ref: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Checks that two videos are comparable: the same number of frames, height and width.
+
+    Raises:
+        ValueError: with both shapes ``(frames, height, width, channels)``.
+    """
     ref, test = as_uint8_video(ref, "reference video"), as_uint8_video(test, "test video")
     if ref.shape[1:] != test.shape[1:]:
-        raise ValueError(f"frame sizes differ: reference {ref.shape[1:3]}, test {test.shape[1:3]}: compare videos "
-                         "of the same resolution")
+        raise ValueError(f"frame sizes differ: reference {ref.shape[1:3]}, test {test.shape[1:3]} (shapes "
+                         f"{ref.shape} and {test.shape}, frames x height x width x channels): compare videos of the "
+                         "same resolution")
+    if len(ref) != len(test):
+        raise ValueError(f"lengths differ: reference {len(ref)} frames, test {len(test)} frames (shapes {ref.shape} "
+                         f"and {test.shape}): compare videos generated with the same frame count")
     if min(ref.shape[1:3]) < SSIM_WINDOW:
         raise ValueError(f"frames of {ref.shape[1:3]} pixels are smaller than the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM "
                          "window")
-    if len(ref) == len(test):
-        return ref, test, None
-    frames = min(len(ref), len(test))
-    note = f"lengths differ ({len(ref)} vs {len(test)} frames): compared the first {frames}"
-    return ref[:frames], test[:frames], note
+    return ref, test
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -210,17 +223,22 @@ def read_video(path: str) -> np.ndarray:
             return as_uint8_video(data[data.files[0]], path)
     import imageio.v3 as iio
 
-    return as_uint8_video(iio.imread(path, plugin="pyav"), path)
+    try:
+        frames = iio.imread(path, plugin="pyav")
+    except Exception as err:  # pyav's errors for files that are not videos (OSError, InvalidDataError, ...)
+        raise ValueError(f"{path} is not a readable video (expected {', '.join(VIDEO_EXTENSIONS)} or .npy/.npz "
+                         f"frames): {err}") from None
+    return as_uint8_video(frames, path)
 
 
 def compare(ref, test, name: str = "video", optional: OptionalMetrics | None = None) -> dict:
     """All metrics of one pair of videos (arrays); see the module docstring for the definitions."""
-    ref, test, note = align(ref, test)
+    ref, test = align(ref, test)
     psnr, ssim = psnr_frames(ref, test), ssim_frames(ref, test)
-    row = {"name": name, "frames": len(ref), "psnr": float(psnr.mean()), "psnr_video": psnr_video(ref, test),
-           "ssim": float(ssim.mean()), "psnr_frames": psnr.tolist(), "ssim_frames": ssim.tolist()}
-    if note:
-        row["note"] = note
+    video_psnr = psnr_video(ref, test)
+    row = {"name": name, "frames": len(ref), "psnr": float(psnr.mean()), "psnr_video": video_psnr,
+           "ssim": float(ssim.mean()), "psnr_frames": psnr.tolist(), "ssim_frames": ssim.tolist(),
+           "identical": video_psnr == math.inf, "identical_frames": int(np.isinf(psnr).sum())}
     if optional is not None:
         row.update(optional.compute(ref, test))
     return row
@@ -253,8 +271,26 @@ def pair_files(ref: str, test: str) -> list[tuple[str, str, str]]:
 def summarise(rows: list[dict], skipped: dict[str, str]) -> dict:
     """The mean of every scalar metric over the videos, plus the skipped metrics and their reasons."""
     keys = [k for k in ("psnr", "psnr_video", "ssim", "lpips", "fid") if rows and all(k in r for r in rows)]
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
-    return {"videos": len(rows), "mean": mean, "skipped": skipped, "pairs": rows}
+    mean = {k: _mean([r[k] for r in rows]) for k in keys}
+    return {"videos": len(rows), "identical_videos": sum(bool(r.get("identical")) for r in rows), "mean": mean,
+            "skipped": skipped, "pairs": rows}
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of the finite values (a PSNR is infinite for identical inputs); inf when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.inf
+
+
+def finite_json(value):
+    """``value`` with every infinite or NaN float as None: strict JSON has no Infinity (the flags say why)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite_json(item) for item in value]
+    return value
 
 
 def _fmt(value, digits: int) -> str:
@@ -273,15 +309,48 @@ def markdown(result: dict) -> str:
     lines.append(f"| **mean of {result['videos']}** | | {_fmt(m.get('psnr'), 2)} | {_fmt(m.get('psnr_video'), 2)} | "
                  f"{_fmt(m.get('ssim'), 4)} | {_fmt(m.get('lpips'), 4)} | {_fmt(m.get('fid'), 2)} |")
     lines += [""] + [f"- {name.upper()} {reason}" for name, reason in result["skipped"].items()]
-    lines += [f"- {r['name']}: {r['note']}" for r in result["pairs"] if "note" in r]
+    lines += [f"- {r['name']}: identical to its reference (PSNR inf)" for r in result["pairs"] if r.get("identical")]
     return "\n".join(lines) + "\n"
 
 
 def _write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    """Writes ``text`` under a hidden temporary name in the same folder, then renames it (never a partial file)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.partial")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_output(flag: str, path: str | None, extension: str) -> None:
+    """``--json``/``--md`` before any work: the extension, and a folder that exists and accepts new files.
+
+    Raises:
+        ValueError: naming the flag, the value and what is allowed.
+    """
+    if path is None:
+        return
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise ValueError(f"{flag} {path!r} is a folder: expected a file name ending in {extension}")
+    if os.path.splitext(path)[1].lower() != extension:
+        raise ValueError(f"{flag} {path!r} is not allowed: expected a file name ending in {extension}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: the folder {folder} does not exist (create it first)")
+    try:  # a real probe: os.access says yes to root on read-only mounts and /proc
+        handle, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    except OSError:
+        raise ValueError(f"{flag} {path!r}: the folder {folder} is not writable") from None
+    os.close(handle)
+    os.remove(probe)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -294,19 +363,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lpips-heads", default=None, help="LPIPS v0.1 alex heads (default: the shipped ones).")
     parser.add_argument("--fid", action="store_true", help="Per-video FID (needs a working pytorch-fid).")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # like Ctrl-C: the temporary file is removed on the way out
     try:
+        check_output("--json", args.json, ".json")
+        check_output("--md", args.md, ".md")
         optional = OptionalMetrics(args.lpips_weights, args.lpips_heads, args.fid)
         rows = [compare(read_video(r), read_video(t), name, optional) for name, r, t in pair_files(args.ref, args.test)]
+        result = summarise(rows, optional.skipped)
+        table = markdown(result)
+        print(table, end="")
+        if args.json:
+            _write(args.json, json.dumps(finite_json(result), indent=2, allow_nan=False))
+        if args.md:
+            _write(args.md, table)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = summarise(rows, optional.skipped)
-    table = markdown(result)
-    print(table, end="")
-    if args.json:
-        _write(args.json, json.dumps(result, indent=2))
-    if args.md:
-        _write(args.md, table)
+    except KeyboardInterrupt as err:
+        signum = err.args[0] if err.args and isinstance(err.args[0], int) else signal.SIGINT
+        print(f"error: interrupted by {signal.Signals(signum).name}: no file was written", file=sys.stderr)
+        return 128 + signum
     return 0
 
 

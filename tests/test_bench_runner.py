@@ -171,3 +171,27 @@ def test_generate_refuses_two_cache_policies(ckpt_dir, caplog):
     argv = ["--task", TASK, "--ckpt_dir", ckpt_dir, "--teacache_thresh", "0.1", "--delta_cache"]
     assert main(argv) == 2
     assert "--teacache_thresh and --delta_cache/--cache_profile exclude each other" in caplog.text
+
+
+def test_named_delta_modes_load_built_in_profiles():
+    import argparse
+
+    import bench_runner
+
+    modes = bench_runner.parse_modes("full,delta:t2v-tiny-4x,delta", [])
+    assert [(m.name, m.kind) for m in modes] == [("full", "full"), ("delta:t2v-tiny-4x", "delta"), ("delta", "delta")]
+    args = argparse.Namespace(cache_profile=None)
+    named = bench_runner.resolve_profile(args, "t2v-tiny", modes[1])
+    default = bench_runner.resolve_profile(args, "t2v-tiny", modes[2])
+    assert named.metadata["budget"]["target_speedup"] == 4 and default.metadata["budget"]["target_speedup"] == 3
+
+
+def test_upper_envelope_interpolates_the_concave_hull_and_respects_faster_points():
+    import bench_runner
+
+    points = [(1.5, 44.0), (2.0, 42.0), (3.0, 30.0), (2.5, 33.0), (4.0, 28.0)]
+    # hull: (1.5, 44) -> (2, 42) -> (4, 28); (2.5, 33) and (3, 30) lie under it (38.5 and 35 there)
+    assert bench_runner.upper_envelope(points, 2.5) == pytest.approx(38.5)
+    assert bench_runner.upper_envelope(points, 1.0) == 44.0  # a faster point reaches 44
+    assert bench_runner.upper_envelope(points, 5.0) is None
+    assert bench_runner.upper_envelope(points, 3.5) == pytest.approx(31.5)

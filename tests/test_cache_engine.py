@@ -1,5 +1,7 @@
 """The run-time engine on toy block stacks: exact cache arithmetic, call counts, branches, resets, dtypes."""
 
+import time
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from cache_toys import (
     HUNYUAN_SINGLE_BACKGROUND,
     HUNYUAN_SINGLE_REFRESH,
     WAN14B_CACHED,
+    AffineBlock,
     ToyModel,
     ToyTwoStreamModel,
     plain_loop,
@@ -326,4 +329,23 @@ def test_stats_summary_and_json():
     assert data["ideal_speedup"] == round(30 / 24, 4)
     text = cache.stats.summary()
     assert "block calls: 24 computed, 6 skipped of 30 (20.0% saved); ideal speedup 1.250x" in text
-    assert cache.stats.engine_seconds <= cache.stats.stack_seconds
+
+
+class SleepBlock(AffineBlock):
+    """An AffineBlock that takes a known time: 5 ms per call."""
+
+    def forward(self, x, bias=0.0):
+        time.sleep(0.005)
+        return super().forward(x, bias)
+
+
+def test_stack_time_includes_the_blocks_and_engine_time_excludes_them():
+    model = ToyModel(6, block=SleepBlock)
+    cache = DeltaCache(blocks_config(6, (1, 2, 3), warmup=1, schedule=UniformSchedule(2)))
+    attach_cache(model, cache)
+    generate(model, cache, step_inputs(5))
+    block_seconds = cache.stats.computed_calls * 0.005  # 24 calls that sleep 5 ms each, at least
+    assert cache.stats.computed_calls == 24 and cache.stats.stack_seconds >= block_seconds
+    # the engine's own work on these tiny tensors is far below the blocks' 120 ms; counting block time as engine
+    # time, or not counting the blocks at all, breaks one of the two bounds
+    assert 0 < cache.stats.engine_seconds < 0.5 * block_seconds

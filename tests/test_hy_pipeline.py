@@ -158,6 +158,8 @@ def test_predict_checks_the_size_against_the_loaded_model(sampler):
 def test_video_name_grid_and_atomic_write(tmp_path, monkeypatch):
     name = file_utils.video_file_name("out", 42, "a/b " + "x" * 120, now=datetime(2025, 1, 2, 3, 4, 5))
     assert name == "out/2025-01-02-03:04:05_seed42_ab " + "x" * 96 + ".mp4"  # prompt[:100], then '/' removed
+    unsafe = file_utils.video_file_name("out", 1, 'a "b"\n*?|', now=datetime(2025, 1, 2, 3, 4, 5))
+    assert unsafe == "out/2025-01-02-03:04:05_seed1_a _b_____.mp4"  # spaces kept as upstream; the rest made safe
     images = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     grid = file_utils.make_grid(images, nrow=1)
     assert grid.shape == (3, 10, 6) and torch.equal(grid[:, 2:4, 2:4], images[0]) and grid[:, :2].abs().sum() == 0

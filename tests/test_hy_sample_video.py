@@ -81,11 +81,27 @@ def videos_in(folder: str) -> dict[int, str]:
 
 @pytest.fixture(scope="module")
 def full_video(ckpts, tmp_path_factory) -> str:
+    """The full-compute video, in <tmp>/results; its run statistics (--cache-stats) in <tmp>/stats.json."""
     out = str(tmp_path_factory.mktemp("full") / "results")
-    result = run_cli(*cli_args(ckpts, out))
+    result = run_cli(*cli_args(ckpts, out, "--cache-stats", os.path.join(os.path.dirname(out), "stats.json")))
     assert result.returncode == 0, result.stdout + result.stderr
     (path,) = videos_in(out).values()
     return path
+
+
+def check_run_stats(stats: dict, policy: str) -> None:
+    """The timings every --cache-stats file has (full compute included), consistent with each other."""
+    assert stats["policy"] == policy and len(stats["step_seconds"]) == STEPS and stats["seeds"] == [42]
+    assert 0 < sum(stats["step_seconds"]) <= stats["denoise_seconds"] < stats["total_seconds"]
+    assert 0 < stats["decode_seconds"] < stats["total_seconds"]
+
+
+def test_cache_stats_of_a_full_compute_run(full_video):
+    folder = os.path.dirname(os.path.dirname(full_video))
+    stats = json.load(open(os.path.join(folder, "stats.json")))
+    check_run_stats(stats, "none")
+    assert stats["full_steps"] == list(range(STEPS))
+    assert sorted(os.listdir(folder)) == ["results", "stats.json"]  # written atomically: no temp file
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +153,7 @@ def test_delta_cache_skips_the_expected_calls_and_stays_close(ckpts, full_video,
                                "--cache-stats", stats_path))
     assert result.returncode == 0, result.stdout + result.stderr
     stats = json.load(open(stats_path))
+    check_run_stats(stats, "delta_cache")
     # 8 steps. double: warm-up 2, refresh 2, 5 -> reuse 3, 4, 6, 7 skip blocks 1, 2.
     # single: warm-up 2, refresh 2 (the warm-up's end), 4, 6 -> reuse 3, 5, 7 skip 4 blocks.
     assert stats["groups"]["double"]["skipped"] == [0, 0, 0, 2, 2, 0, 2, 2]
@@ -226,7 +243,7 @@ def test_a_corrupt_checkpoint_file_is_named(ckpts, tmp_path, caplog, monkeypatch
         (["--use-fp8"], "--use-fp8 is not supported"),
         (["--batch-size", "2"], "--batch-size 2 is not allowed: only 1"),
         (["--infer-steps", "0"], "--infer-steps 0 is not allowed"),
-        (["--cache-interval", "3"], "--cache_interval only act with the cache on"),
+        (["--cache-interval", "3"], "--cache-interval only act with the cache on: add --delta_cache or --cache-profile"),
         (["--cache-profile", "PROFILE", "--infer-steps", "5"], "refresh step 6 is out of range for 5 steps"),
         (["--cache-profile", "PROFILE", "--cache-blocks", "single:3,6"], "cached block 6 is out of range for depth 6"),
         (["--dit-config", "CONFIG_WITHOUT_ROPE"], "lacks 'rope_dim_list'"),

@@ -161,14 +161,14 @@ def test_real_cfg_is_one_batched_forward_and_one_cache_branch(ckpts, tmp_path, c
     "extra, message",
     [
         (["--teacache-thresh", "0.1", "--delta_cache"],
-         "--teacache_thresh and --delta_cache/--cache_profile exclude each other: one cache policy per run"),
-        (["--teacache_thresh", "0.1", "--delta-cache"], "--teacache_thresh and --delta_cache/--cache_profile exclude"),
+         "--teacache-thresh and --delta_cache/--cache-profile exclude each other: one cache policy per run"),
+        (["--teacache_thresh", "0.1", "--delta-cache"], "--teacache-thresh and --delta_cache/--cache-profile exclude"),
         (["--teacache-thresh", "0.1", "--cache-profile", "p.json"], "exclude each other"),
         (["--teacache-thresh", "-0.5"], "--teacache-thresh -0.5 is not allowed: expected a finite number >= 0"),
         (["--teacache-thresh", "nan"], "--teacache-thresh nan is not allowed: expected a finite number >= 0"),
         (["--teacache-thresh", "0.1", "--use_ret_steps"],
          "--use_ret_steps is not available for this model: TeaCache's ret-steps mode"),
-        (["--teacache-coefficients", "1,2"], "--teacache_coefficients only act with TeaCache on"),
+        (["--teacache-coefficients", "1,2"], "--teacache-coefficients only act with TeaCache on: add --teacache-thresh"),
     ],
 )
 def test_bad_teacache_arguments_fail_clearly_and_write_nothing(ckpts, tmp_path, caplog, monkeypatch, extra,

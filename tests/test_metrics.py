@@ -88,8 +88,9 @@ def test_mismatched_videos():
         vm.compare(video(size=32), video(size=40))
     with pytest.raises(ValueError, match="smaller than the 11x11 SSIM window"):
         vm.compare(video(size=8), video(size=8))
-    row = vm.compare(video(5), video(3))
-    assert row["frames"] == 3 and "lengths differ (5 vs 3 frames)" in row["note"]
+    with pytest.raises(ValueError, match=r"lengths differ: reference 5 frames, test 3 frames \(shapes "
+                                         r"\(5, 32, 32, 3\) and \(3, 32, 32, 3\)\)"):
+        vm.compare(video(5), video(3))
 
 
 def test_frechet_distance_of_shifted_features():
@@ -140,7 +141,12 @@ def test_cli_pairs_folders_and_writes_json_and_markdown(tmp_path, capsys):
     result = json.loads(out_json.read_text())
     assert [p["name"] for p in result["pairs"]] == ["a.npy", "b.mp4"]
     assert result["pairs"][0]["psnr"] == pytest.approx(28.1308, abs=1e-4)
-    assert result["pairs"][1]["psnr"] == math.inf  # the same frames, encoded the same way
+    # the same frames, encoded the same way: strict JSON has null (not Infinity) and the flag says why
+    assert result["pairs"][1]["psnr"] is None and result["pairs"][1]["identical"] is True
+    assert result["pairs"][1]["psnr_frames"] == [None] * 3 and result["pairs"][1]["identical_frames"] == 3
+    assert result["pairs"][0]["identical"] is False and result["identical_videos"] == 1
+    assert result["mean"]["psnr"] == pytest.approx(28.1308, abs=1e-4)  # over the videos that are not identical
+    assert "Infinity" not in out_json.read_text()
     table = out_md.read_text()
     assert "| a.npy | 3 | 28.13 |" in table and "LPIPS skipped: weights not available" in table
     assert vm.main(["--ref", str(ref_dir), "--test", str(tmp_path / "nowhere")]) == 2

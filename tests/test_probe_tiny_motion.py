@@ -26,7 +26,11 @@ def test_probes_run_on_the_shipped_model(tmp_path, one_thread):
                        "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     swap = result["direction_swap"]
-    assert swap["count"] == 8 and len(swap["rows"]) == 8 and 0.0 <= swap["accuracy"] <= 1.0
+    assert swap["count"] == 8 and len(swap["rows"]) == 8
+    direction_of = {data.MOTION_PHRASES[d]: d for d in probe.DIRECTIONS}
+    asked = [next(d for phrase, d in direction_of.items() if phrase in row["prompt"]) for row in swap["rows"]]
+    # the accuracy is the share of rows whose found motion is the direction the prompt asked for
+    assert swap["accuracy"] == sum(row["found"] == d for row, d in zip(swap["rows"], asked)) / 8
     assert {row["prompt"].split(" over ")[0].split(" ", 4)[-1] for row in swap["rows"]} == {
         data.MOTION_PHRASES[d] for d in probe.DIRECTIONS}
     position = result["absolute_position"]

@@ -201,3 +201,24 @@ def test_official_depths_are_checked_before_loading(cli, tmp_path, caplog, monke
     assert cli.main(argv) == 2
     assert message in caplog.text and "checkpoint pieces missing" not in caplog.text
     assert os.listdir(tmp_path) == []
+
+
+def test_target_speedup_writes_a_budgeted_profile_that_sample_video_runs_as_planned(ckpts, cli, tmp_path,  # noqa: F811
+                                                                                   monkeypatch):
+    """Both stacks as units sharing one budget: ideal speedup >= 2, the stack units' own steps, and sample_video.py
+    with the profile skips exactly the planned calls."""
+    monkeypatch.delenv("MODEL_BASE", raising=False)
+    out = str(tmp_path / "budget.json")
+    assert cli.main(cli_args(ckpts, out, "--target-speedup", "2", "--max-forecast-order", "1")) == 0
+    profile = CacheProfile.load(out)
+    meta = profile.metadata
+    assert meta["source"] == "profiler (budgeted)" and meta["measured_on_profiling_prompts"]["prompts"] == 2
+    assert meta["budget"]["computed_block_calls_per_branch"] <= STEPS * (DOUBLE + SINGLE) / 2
+    stats_path = str(tmp_path / "stats.json")
+    argv = sample_video_args(ckpts, str(tmp_path / "results"), "--cache-profile", out, "--cache-stats", stats_path)
+    assert sample_video.main(argv) == 0
+    stats = json.load(open(stats_path))
+    assert stats["computed_calls"] == meta["budget"]["computed_block_calls_per_branch"]
+    assert stats["ideal_speedup"] >= 2.0
+    for group in profile.config.groups:
+        assert len(group.units) == 1 and group.units[0].forecast_order <= 1

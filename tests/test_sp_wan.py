@@ -93,6 +93,29 @@ def test_ulysses_and_ring_pipelines_match_one_process_with_and_without_cache(ckp
     check_pipelines(ckpt_dir, profile_path, tmp_path, ["2x1", "1x2"])
 
 
+@pytest.fixture(scope="module")
+def forecast_profile_path(tmp_path_factory) -> str:
+    """Per-unit schedules with forecasting: blocks 2-4 (order 1) run on steps 0, 1, 2, 5; blocks 6-9 (order 2) on
+    steps 0, 1, 2, 4, 6; the other blocks always run."""
+    from common_cache import (
+        CacheConfig,
+        CacheProfile,
+        StepListSchedule,
+        StreamGroupConfig,
+        UniformSchedule,
+        UnitConfig,
+    )
+
+    units = (UnitConfig(2, 4, 2, StepListSchedule((5,)), 1), UnitConfig(6, 9, 2, UniformSchedule(2), 2))
+    group = StreamGroupConfig("blocks", 12, (2, 3, 4, 6, 7, 8, 9), 0, UniformSchedule(1), units=units)
+    path = str(tmp_path_factory.mktemp("profiles") / "forecast.json")
+    return CacheProfile(CacheConfig((group,)), metadata={"model": "random test weights"}).save(path)
+
+
+def test_ulysses_and_ring_with_forecasting_match_one_process(ckpt_dir, forecast_profile_path, tmp_path):  # noqa: F811
+    check_pipelines(ckpt_dir, forecast_profile_path, tmp_path, ["2x1", "1x2"])
+
+
 @pytest.mark.slow
 def test_hybrid_pipeline_on_four_processes_matches_one_process(ckpt_dir, profile_path, tmp_path):  # noqa: F811
     check_pipelines(ckpt_dir, profile_path, tmp_path, ["2x2"])

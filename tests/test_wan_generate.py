@@ -73,10 +73,26 @@ def base_args(ckpt_dir: str, save_file: str, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def full_video(ckpt_dir, tmp_path_factory) -> str:
+    """The full-compute video; its run statistics (--cache_stats, written for every run) are beside it as .json."""
     out = str(tmp_path_factory.mktemp("out") / "full.mp4")
-    result = run_generate(*base_args(ckpt_dir, out))
+    result = run_generate(*base_args(ckpt_dir, out, "--cache_stats", out[:-4] + ".json"))
     assert result.returncode == 0, result.stdout + result.stderr
     return out
+
+
+def check_run_stats(stats: dict, policy: str) -> None:
+    """The timings every --cache_stats file has (full compute included), consistent with each other."""
+    assert stats["policy"] == policy
+    assert len(stats["step_seconds"]) == STEPS and stats["seeds"] == [42]
+    assert 0 < sum(stats["step_seconds"]) <= stats["denoise_seconds"] < stats["total_seconds"]
+    assert 0 < stats["decode_seconds"] < stats["total_seconds"]
+
+
+def test_cache_stats_of_a_full_compute_run(full_video):
+    stats = json.load(open(full_video[:-4] + ".json"))
+    check_run_stats(stats, "none")
+    assert stats["full_steps"] == list(range(STEPS))  # nothing skipped
+    assert os.listdir(os.path.dirname(full_video)) == ["full.json", "full.mp4"]  # written atomically: no temp file
 
 
 def test_generate_writes_an_mp4_with_the_right_frames_and_size(full_video):
@@ -108,6 +124,8 @@ def test_delta_cache_skips_the_expected_calls_and_stays_close(ckpt_dir, full_vid
     result = run_generate(*base_args(ckpt_dir, out, "--cache_profile", profile_path, "--cache_stats", stats_path))
     assert result.returncode == 0, result.stdout + result.stderr
     stats = json.load(open(stats_path))
+    check_run_stats(stats, "delta_cache")
+    assert stats["full_steps"] == [0, 1, 2, 5]
     depth = DEPTH
     # 8 steps, warm-up 2, refresh on 2 and 5: full steps 0, 1, 2, 5; reuse steps 3, 4, 6, 7 run depth - 7 blocks.
     assert stats["groups"]["blocks"]["skipped"] == [0, 0, 0, 14, 14, 0, 14, 14]
@@ -172,8 +190,11 @@ def test_missing_checkpoint_pieces_are_listed(ckpt_dir, tmp_path):
     assert os.listdir(out_dir) == []
 
 
-@pytest.mark.parametrize("name", ["diffusion_pytorch_model.safetensors", "models_t5_umt5-xxl-enc-bf16.pth"])
-def test_corrupt_checkpoint_file_is_named(ckpt_dir, tmp_path, name):
+@pytest.mark.parametrize("name, message", [
+    ("diffusion_pytorch_model.safetensors", "weight file {path} is truncated"),  # checked before any loading
+    ("models_t5_umt5-xxl-enc-bf16.pth", "T5 encoder at {path} could not be read (corrupt or incomplete file?)"),
+])
+def test_corrupt_checkpoint_file_is_named(ckpt_dir, tmp_path, name, message):
     broken = str(tmp_path / "ckpt")
     shutil.copytree(ckpt_dir, broken)
     path = os.path.join(broken, name)
@@ -183,5 +204,5 @@ def test_corrupt_checkpoint_file_is_named(ckpt_dir, tmp_path, name):
     out_dir.mkdir()
     result = run_generate(*base_args(broken, str(out_dir / "x.mp4")))
     assert result.returncode != 0
-    assert "could not be read (corrupt or incomplete file?)" in result.stdout
+    assert message.format(path=path) in result.stdout
     assert os.listdir(out_dir) == []

@@ -78,8 +78,8 @@ def test_converter_maps_every_key(tiny_model, diffusers_model):
     assert official_to_diffusers_key("blocks.2.norm3.weight") == "blocks.2.norm2.weight"
     assert official_to_diffusers_key("head.modulation") == "scale_shift_table"
     assert official_to_diffusers_key("blocks.0.modulation") == "blocks.0.scale_shift_table"
-    with pytest.raises(ValueError, match=r"no rename rule for key 'blocks\.0\.cross_attn\.k_img\.weight'"):
-        official_to_diffusers_key("blocks.0.cross_attn.k_img.weight")
+    with pytest.raises(ValueError, match=r"no rename rule for key 'blocks\.0\.cross_attn\.k_extra\.weight'"):
+        official_to_diffusers_key("blocks.0.cross_attn.k_extra.weight")
 
 
 # --- (3) checkpoint round trip --------------------------------------------------------------------
@@ -161,9 +161,12 @@ def test_loader_config_errors(tmp_path, tiny_model):
         load_wan_model(tmp_path, expected_config=expected)
     with pytest.raises(ValueError, match=r"dim=32 \(expected 1536\)"):
         load_wan_model(tmp_path, expected_config=WAN_CONFIGS["t2v-1.3B"])
-    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, model_type="i2v")))
-    with pytest.raises(ValueError, match=r"model_type 'i2v' is not supported; allowed: 't2v'"):
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_CONFIG, model_type="flf2v")))
+    with pytest.raises(ValueError, match=r"model_type 'flf2v' is not supported; allowed: \['t2v', 'i2v'\]"):
         load_wan_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(TINY_CONFIG))  # a t2v checkpoint for an i2v task
+    with pytest.raises(ValueError, match=r"model_type='t2v' \(expected 'i2v'\), in_dim=16 \(expected 36\)"):
+        load_wan_model(tmp_path, expected_config=dict(_tiny_fields(), model_type="i2v", in_dim=36))
 
 
 def test_loader_casts_dtype(tmp_path, tiny_model):
@@ -277,7 +280,7 @@ def test_real_config_sizes(task, tensors, params):
 
 
 def test_config_registries():
-    assert set(WAN_CONFIGS) == {"t2v-14B", "t2v-1.3B", "t2v-tiny"}
+    assert set(WAN_CONFIGS) == {"t2v-14B", "t2v-1.3B", "t2v-tiny", "i2v-14B", "i2v-tiny"}
     assert SIZE_CONFIGS["1280*720"] == (1280, 720) and SIZE_CONFIGS["1024*1024"] == (1024, 1024)
     assert SUPPORTED_SIZES["t2v-1.3B"] == ("480*832", "832*480")
     assert SUPPORTED_SIZES["t2v-14B"] == ("720*1280", "1280*720", "480*832", "832*480")

@@ -298,7 +298,7 @@ def test_t5_encoder_model_warns_when_a_prompt_is_truncated(t5_files, caplog):
     assert count > 16  # the long test prompt
     with caplog.at_level(logging.WARNING):
         outputs = encoder(PROMPTS, torch.device("cpu"))
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "tokens;" in r.getMessage()]
     assert len(warnings) == 1 and f"prompt has {count} tokens; the text encoder keeps the first text_len=16" in warnings[0]
     assert outputs[0].shape[0] == 16  # still truncated, as the official pipeline does
     caplog.clear()
@@ -315,3 +315,35 @@ def test_t5_encoder_model_missing_files(t5_files, tmp_path):
     with pytest.raises(FileNotFoundError, match="tokenizer folder not found.*umt5-xxl"):
         T5EncoderModel(8, torch.float32, "cpu", checkpoint_path=path,
                        tokenizer_path=str(tmp_path / "google" / "umt5-xxl"))
+
+
+def shipped_tiny_encoder() -> T5EncoderModel:
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Wan2.1", "Wan2.1-T2V-tiny")
+    return T5EncoderModel(text_len=32, dtype=torch.float32, device="cpu",
+                          checkpoint_path=os.path.join(folder, "models_t5_umt5-xxl-enc-bf16.pth"),
+                          tokenizer_path=os.path.join(folder, "google", "umt5-xxl"))
+
+
+def test_lower_case_tokenizer_lower_cases_prompts_and_names_what_it_cannot_represent(caplog):
+    """The tiny model's tokenizer was built from lower-case captions: an upper-case prompt means the same as its
+    lower-case form (it used to become <unk> tokens), and pieces outside its vocabulary are named with a fix."""
+    encoder = shipped_tiny_encoder()
+    assert not encoder.tokenizer.cased and encoder.tokenizer.clean == "lower"
+    with caplog.at_level(logging.WARNING):
+        upper = encoder("A SMALL RED CIRCLE MOVES UP", "cpu")[0]
+        lower = encoder("a small red circle moves up", "cpu")[0]
+    assert torch.equal(upper, lower) and not caplog.records
+    with caplog.at_level(logging.WARNING):
+        encoder(["a small café circle 猫 moves 😀 up!"] * 2, "cpu")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # once per prompt
+    assert ("cannot represent 'café', '猫', '😀', 'up!' of the prompt: the text encoder sees <unk> there. Type "
+            "instead: 'café' -> 'cafe', '猫' -> leave it out, '😀' -> leave it out, 'up!' -> 'up'") in warnings[0]
+
+
+def test_cased_tokenizer_keeps_the_case(tmp_path):
+    corpus = [f"A {c} Cat walks in Paris at {t}" for c in ("Red", "blue", "GREEN") for t in ("Noon", "night")] * 4
+    folder = build_sentencepiece_tokenizer(str(tmp_path / "tok"), corpus, 28)
+    tokenizer = HuggingfaceTokenizer(folder, seq_len=16, clean="whitespace")
+    assert tokenizer.cased and tokenizer.unknown_pieces("A Red Cat") == []
+    assert tokenizer.unknown_pieces("a red cat!") == ["cat!"]  # '!' is not in the corpus; lower case is

@@ -131,11 +131,16 @@ def test_default_save_file(monkeypatch):
     name = default_save_file("t2v-1.3B", "832*480", 1, 2, prompt, now=now)
     short_prompt = "A_cat_dog_runs_on_the_beach_at_sunset,_cinematic_l"
     assert len(short_prompt) == 50
-    assert name == f"t2v-1.3B_832*480_1_2_{short_prompt}_20250304_050607.mp4"
+    assert name == f"t2v-1.3B_832x480_1_2_{short_prompt}_20250304_050607.mp4"
     image_name = default_save_file("t2i-14B", "1024*1024", 1, 1, "a b", now=now)
-    assert image_name == "t2i-14B_1024*1024_1_1_a_b_20250304_050607.png"
+    assert image_name == "t2i-14B_1024x1024_1_1_a_b_20250304_050607.png"
     monkeypatch.setattr(sys, "platform", "win32")
     windows_name = default_save_file("t2v-14B", "1280*720", 8, 1, "x", now=now)
     assert windows_name == "t2v-14B_1280x720_8_1_x_20250304_050607.mp4"
+    # quotes, newlines, wildcards and separators become "_"; a long CJK/emoji prompt stays under 255 bytes
+    unsafe = default_save_file("t2v-14B", "1280*720", 1, 1, 'say "hi"\n*?<a\\b>|:\'x\'', now=now)
+    assert unsafe == "t2v-14B_1280x720_1_1_say__hi_____a_b____x__20250304_050607.mp4"
+    long_name = default_save_file("t2v-14B", "1280*720", 1, 1, "猫" * 40 + "🐈" * 40, now=now)
+    assert len(long_name.encode()) <= 255 and long_name.startswith("t2v-14B_1280x720_1_1_猫")
     stamp = default_save_file("t2v-14B", "1280*720", 1, 1, "x")[-19:-4]
     assert datetime.strptime(stamp, "%Y%m%d_%H%M%S")

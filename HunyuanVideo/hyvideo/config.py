@@ -194,8 +194,7 @@ def sanity_check_args(args: argparse.Namespace) -> argparse.Namespace:
                         ("--text-len", args.text_len), ("--text-len-2", args.text_len_2)):
         if value < 1:
             raise ValueError(f"{flag} {value} is not allowed: expected an integer >= 1")
-    if not args.flow_shift > 0:
-        raise ValueError(f"--flow-shift {args.flow_shift} is not allowed: expected a number > 0")
+    _check_numbers(args)
     _check_choice("--denoise-type", args.denoise_type, ("flow",))
     _check_choice("--flow-solver", args.flow_solver, ("euler",))
     if args.text_encoder != "llm":
@@ -206,6 +205,23 @@ def sanity_check_args(args: argparse.Namespace) -> argparse.Namespace:
     _check_teacache_thresh(args.teacache_thresh)
     _check_process_layout(args)
     return args
+
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 0..2^64-1
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Ranges of the numeric sampling flags (upstream passed them on and failed, or sampled NaN, much later)."""
+    if not (math.isfinite(args.flow_shift) and args.flow_shift > 0):
+        raise ValueError(f"--flow-shift {args.flow_shift} is not allowed: expected a finite number > 0")
+    if args.rope_theta < 1:
+        raise ValueError(f"--rope-theta {args.rope_theta} is not allowed: expected an integer >= 1 (official: 256)")
+    for flag, value in (("--cfg-scale", args.cfg_scale), ("--embedded-cfg-scale", args.embedded_cfg_scale)):
+        if not math.isfinite(value):
+            raise ValueError(f"{flag} {value} is not allowed: expected a finite number")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED - (args.num_videos - 1):
+        raise ValueError(f"--seed {args.seed} is not allowed: expected 0..{MAX_SEED - (args.num_videos - 1)} (video i "
+                         "uses seed + i, and a seed is a 64-bit unsigned integer); omit it for a random seed")
 
 
 def _check_teacache_thresh(thresh: float | None) -> None:

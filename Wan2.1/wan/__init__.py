@@ -1,1 +1,1 @@
-"""Wan2.1 text-to-video (ProfilingDiT re-implementation)."""
+"""Wan2.1 text-to-video and image-to-video (ProfilingDiT re-implementation)."""

@@ -141,3 +141,22 @@ def profile_prompts(
             if on_prompt_done is not None:
                 on_prompt_done(index, statistics)
     return recorder.statistics
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Budgeted profiles (common_cache.profiling.budget.budgeted_profile): one generation with any policy attached.
+
+
+def run_with_cache(pipeline, cache, prompt: str, seed: int, generate_kwargs: dict):
+    """One generation with ``cache`` (any policy: a cache, the residual recorder; None: full compute) attached:
+    (uint8 frames ``[F, H, W, 3]``, denoising seconds)."""
+    from .utils.utils import video_to_frames
+
+    detach_cache(pipeline.model)
+    if cache is not None:
+        attach_cache(pipeline.model, cache)
+    try:
+        video, report = pipeline.generate(prompt, seed=seed, progress=False, offload_model=False, **generate_kwargs)
+    finally:
+        detach_cache(pipeline.model)
+    return video_to_frames(video[None]), report.denoise_seconds

@@ -23,7 +23,7 @@ import torch
 from common_cache import DenoiseTimer, GenerationReport, load_component, step_context
 
 from .distributed import parallelize_wan_model
-from .modules.checkpoint import load_wan_model
+from .modules.checkpoint import check_weight_files, load_wan_model
 from .modules.t5 import T5EncoderModel
 from .modules.vae import WanVAE
 from .utils.fm_solvers import FlowDPMSolverMultistepScheduler, get_sampling_sigmas, retrieve_timesteps
@@ -33,20 +33,26 @@ SAMPLE_SOLVERS = ("unipc", "dpm++")
 
 
 def checkpoint_files(config, checkpoint_dir: str) -> dict[str, str]:
-    """The files and folders a checkpoint folder must hold for ``config`` (name -> path)."""
-    return {
+    """The files and folders a checkpoint folder must hold for ``config`` (name -> path); image-to-video configs
+    add the CLIP image encoder."""
+    files = {
         "DiT config": os.path.join(checkpoint_dir, "config.json"),
         "T5 encoder": os.path.join(checkpoint_dir, config.t5_checkpoint),
         "T5 tokenizer folder": os.path.join(checkpoint_dir, config.t5_tokenizer),
         "VAE": os.path.join(checkpoint_dir, config.vae_checkpoint),
     }
+    if config.get("clip_checkpoint"):
+        files["CLIP image encoder"] = os.path.join(checkpoint_dir, config.clip_checkpoint)
+    return files
 
 
 def check_checkpoint_dir(config, checkpoint_dir: str) -> None:
-    """Fails before anything is loaded when a piece of the checkpoint folder is missing.
+    """Fails before anything is loaded when a piece of the checkpoint folder is missing, or a DiT weight file is
+    truncated.
 
     Raises:
         FileNotFoundError: listing every missing piece and the folder that was searched.
+        ValueError: naming a truncated or damaged weight file.
     """
     if not os.path.isdir(checkpoint_dir):
         raise FileNotFoundError(f"--ckpt_dir {checkpoint_dir!r} is not a folder")
@@ -57,6 +63,7 @@ def check_checkpoint_dir(config, checkpoint_dir: str) -> None:
         missing.append(f"DiT weights ({' or '.join(weights)})")
     if missing:
         raise FileNotFoundError(f"checkpoint folder {os.path.abspath(checkpoint_dir)} is missing: {'; '.join(missing)}")
+    check_weight_files(checkpoint_dir)  # headers against sizes: a truncated shard is named before any loading
 
 
 class WanT2V:
@@ -179,34 +186,57 @@ class WanT2V:
         context, context_null = self._encode_prompts(input_prompt, n_prompt or self.sample_neg_prompt, offload_model)
         generator = torch.Generator(device=self.device).manual_seed(seed)
         noise = torch.randn(*target_shape, dtype=torch.float32, device=self.device, generator=generator)
+        latent = self._denoise(noise, {"context": context}, {"context": context_null}, seq_len, sample_solver,
+                               sampling_steps, shift, guide_scale, generator, report, progress)
+        video = self._decode(latent, offload_model, report)
+        del noise, latent
+        if offload_model:
+            gc.collect()
+        report.total_seconds = time.perf_counter() - start
+        return video, report
 
+    def _denoise(self, noise: torch.Tensor, cond: dict, uncond: dict, seq_len: int, sample_solver: str,
+                 sampling_steps: int, shift: float, guide_scale: float, generator: torch.Generator,
+                 report: GenerationReport, progress: bool) -> torch.Tensor:
+        """The sampling loop: per step a conditional and an unconditional forward (CFG as two branches, each in
+        the cache's step context), then one solver step.
+
+        Args:
+            noise: the initial latent ``[C, t, h, w]``.
+            cond, uncond: the model's keyword arguments of each branch besides x, t and seq_len (``context``; for
+                image-to-video also ``clip_fea`` and ``y``).
+            seq_len: padded token count.
+
+        Returns:
+            The final latent ``[C, t, h, w]``.
+        """
         self.model.to(self.device)
         scheduler, timesteps = self._scheduler(sample_solver, sampling_steps, shift)
         cache = self.model.block_cache
-        if cache is not None:
-            cache.begin(len(timesteps))
+        if cache is not None:  # the sigmas are the forecast abscissa of profiles that ask for it
+            cache.begin(len(timesteps), sigmas=[float(t) / self.num_train_timesteps for t in timesteps])
         latent = noise
         timer = DenoiseTimer(report, cache, len(timesteps), self.device, progress and self.rank == 0)
         with self._autocast(), torch.no_grad():
             for index, t in enumerate(timesteps):
                 timestep = torch.stack([t])
                 with step_context(cache, index, "cond"):
-                    noise_pred_cond = self.model([latent], t=timestep, context=context, seq_len=seq_len)[0]
+                    noise_pred_cond = self.model([latent], t=timestep, seq_len=seq_len, **cond)[0]
                 with step_context(cache, index, "uncond"):
-                    noise_pred_uncond = self.model([latent], t=timestep, context=context_null, seq_len=seq_len)[0]
+                    noise_pred_uncond = self.model([latent], t=timestep, seq_len=seq_len, **uncond)[0]
                 noise_pred = noise_pred_uncond + guide_scale * (noise_pred_cond - noise_pred_uncond)
                 latent = scheduler.step(noise_pred.unsqueeze(0), t, latent.unsqueeze(0), return_dict=False,
                                         generator=generator)[0].squeeze(0)
                 timer.step_done(index)
         timer.close()
+        return latent
+
+    def _decode(self, latent: torch.Tensor, offload_model: bool, report: GenerationReport) -> torch.Tensor | None:
+        """Offloads the DiT if asked, then decodes on rank 0 (``[3, F, H, W]`` in [-1, 1]; None elsewhere)."""
         if offload_model and not self.on_cpu:
             self.model.cpu()
             torch.cuda.empty_cache()
         decode_start = time.perf_counter()
         video = self.vae.decode([latent])[0] if self.rank == 0 else None
         report.decode_seconds = time.perf_counter() - decode_start
-        del noise, latent
-        if offload_model:
-            gc.collect()
-        report.total_seconds = time.perf_counter() - start
-        return video, report
+        return video

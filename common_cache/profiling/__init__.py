@@ -8,6 +8,8 @@
   :class:`ProfileStatistics`.
 * :func:`split_blocks`, :func:`refresh_steps_from_change`, :func:`build_profile`: decisions and the profile JSON.
 * :func:`plot_heatmap`, :func:`plot_step_change`: figures.
+* ``common_cache.profiling.budget``: budgeted profiles (``--target_speedup``): residual trajectories, the exact
+  search of every unit's refresh steps and forecast order under a block-call budget, and its check.
 
 docs/profiling.md describes the method and the command lines; model adapters live next to each model
 (``Wan2.1/wan/profiling.py``, ``HunyuanVideo/hyvideo/profiling.py``).

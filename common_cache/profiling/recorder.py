@@ -141,7 +141,7 @@ class ProfilingRecorder:
         self._depths = {g: d for g, d in model_depths.items() if self.groups is None or g in self.groups}
         self._all_depths = dict(model_depths)
 
-    def begin(self, num_steps: int) -> None:
+    def begin(self, num_steps: int, sigmas=None) -> None:
         """Starts a generation (one prompt): statistics are created on the first call, added to afterwards."""
         if self._depths is None:
             raise RuntimeError("ProfilingRecorder.begin() before bind(): attach it with attach_cache(model, recorder)")

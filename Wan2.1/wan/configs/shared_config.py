@@ -30,6 +30,7 @@ wan_shared_cfg.sample_steps = 50
 wan_shared_cfg.sample_guide_scale = 5.0
 
 # DiT architecture fields every text-to-video config shares
+wan_shared_cfg.model_type = "t2v"  # the image-to-video configs set "i2v"
 wan_shared_cfg.patch_size = (1, 2, 2)
 wan_shared_cfg.freq_dim = 256
 wan_shared_cfg.window_size = (-1, -1)

@@ -13,7 +13,9 @@ On every rank the model runs its own forward unchanged. :func:`parallelize_wan_m
 3. ``unpatchify``: the head's per-token outputs are gathered from every rank (after the head: the head is per
    token, and its output is narrower than the hidden state) before the original unpatchify.
 
-Cross-attention keeps local queries against the whole (replicated) text, so it needs no change. The time
+Cross-attention keeps local queries against the whole (replicated) text, so it needs no change. Image-to-video
+needs none either, as upstream: the conditioning latent is concatenated to the noise before patchify (so its tokens
+are split with the video's), and the CLIP image tokens are part of the replicated context. The time
 embedding and the text are computed on every rank, so the cache's signals and decisions agree across ranks.
 
 Unlike the official path (which lets the zero-padded tokens attend as keys), padding keys are masked, so the result

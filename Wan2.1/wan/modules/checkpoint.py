@@ -36,8 +36,8 @@ WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 
 # Fields a task config (wan.configs) and the checkpoint's config.json must agree on.
 ARCHITECTURE_FIELDS = (
-    "patch_size", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "out_dim",
-    "num_heads", "num_layers", "window_size", "qk_norm", "cross_attn_norm", "eps",
+    "model_type", "patch_size", "text_len", "in_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "out_dim",
+    "num_heads", "num_layers", "window_size", "qk_norm", "cross_attn_norm", "eps", "image_dim",
 )  # fmt: skip
 _MAX_NAMED = 5  # keys named in an error message
 
@@ -185,16 +185,56 @@ def weight_files(ckpt_dir: str) -> list[str]:
     )
 
 
+def check_weight_files(ckpt_dir: str) -> list[str]:
+    """Checks every weight file's safetensors header against its size, before anything is loaded (milliseconds:
+    only the headers are read), so that a truncated or damaged shard is named by its file.
+
+    Returns:
+        The weight files (:func:`weight_files`).
+
+    Raises:
+        FileNotFoundError: missing weights or shards.
+        ValueError: naming the file that is truncated or has no valid safetensors header.
+    """
+    paths = weight_files(ckpt_dir)
+    for path in paths:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            length = int.from_bytes(head, "little") if len(head) == 8 else -1
+            try:
+                if not 0 < length <= size - 8:
+                    raise ValueError("no header")
+                header = json.loads(handle.read(length))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                raise ValueError(f"weight file {path} is not a valid safetensors file (damaged or truncated: "
+                                 f"{size} bytes); copy or download it again") from None
+        if size < 8 + length + end:
+            raise ValueError(f"weight file {path} is truncated: {size} bytes, its header describes "
+                             f"{8 + length + end}; copy or download it again")
+    return paths
+
+
 def read_state_dict(ckpt_dir: str, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Reads every tensor of the checkpoint onto ``device`` in ``dtype`` (floating tensors only are cast)."""
+    """Reads every tensor of the checkpoint onto ``device`` in ``dtype`` (floating tensors only are cast).
+
+    Raises:
+        ValueError: a tensor in two files, or a file that cannot be read (named).
+    """
     state_dict: dict[str, torch.Tensor] = {}
-    for path in weight_files(ckpt_dir):
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            for key in f.keys():
-                if key in state_dict:
-                    raise ValueError(f"tensor {key!r} appears in more than one weight file in {ckpt_dir!r}")
-                tensor = f.get_tensor(key)
-                state_dict[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    for path in check_weight_files(ckpt_dir):
+        try:
+            with safe_open(path, framework="pt", device=str(device)) as f:
+                for key in f.keys():
+                    if key in state_dict:
+                        raise ValueError(f"tensor {key!r} appears in more than one weight file in {ckpt_dir!r}")
+                    tensor = f.get_tensor(key)
+                    state_dict[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as err:  # safetensors' own error types for damaged files
+            raise ValueError(f"weight file {path} could not be read (damaged or truncated?): {err}") from err
     return state_dict
 
 

@@ -1,6 +1,8 @@
-"""Wan2.1 diffusion transformer (text-to-video) with the official state-dict keys.
+"""Wan2.1 diffusion transformer (text-to-video and image-to-video) with the official state-dict keys.
 
-References: Wan2.1 wan/modules/model.py (official numerics: float64 sinusoid and RoPE, fp32 residual stream).
+References: Wan2.1 wan/modules/model.py (official numerics: float64 sinusoid and RoPE, fp32 residual stream;
+the i2v parts: ``img_emb`` projection of the CLIP tokens, cross-attention with ``k_img``/``v_img``/``norm_k_img``,
+the conditioning latent concatenated to the noise along channels).
 
 Dtype regime of the official single-GPU run: fp32 weights under ``torch.autocast("cuda", torch.bfloat16)``.
 Linear layers then run in bf16, but the time embedding, the modulation, the residual adds and the head run
@@ -27,6 +29,7 @@ from .attention import attention
 
 ROPE_MAX_POSITIONS = 1024  # rows of the RoPE table per axis, as upstream
 ROPE_THETA = 10000.0
+MODEL_TYPES = {"t2v": "t2v_cross_attn", "i2v": "i2v_cross_attn"}  # model_type -> cross-attention of its blocks
 
 
 def fp32_autocast(device: torch.device):
@@ -218,6 +221,64 @@ class WanT2VCrossAttention(WanSelfAttention):
         return self.o(attention(q, k, v, k_lens=context_lens).flatten(2))  # [B, L, C]
 
 
+class WanI2VCrossAttention(WanT2VCrossAttention):
+    """Cross-attention of the i2v model: the text attention plus a second one over the CLIP image tokens.
+
+    The image tokens come first in the context (``[image tokens | text_len text rows]``); they have their own key
+    and value projections (``k_img``, ``v_img``, ``norm_k_img``) and share the query. The two attention outputs
+    are summed before the output projection.
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size=(-1, -1), qk_norm: bool = True, eps: float = 1e-6,
+                 text_len: int = 512):
+        super().__init__(dim, num_heads, window_size, qk_norm, eps)
+        self.text_len = text_len
+        self.k_img = nn.Linear(dim, dim)
+        self.v_img = nn.Linear(dim, dim)
+        self.norm_k_img = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
+
+    def forward(self, x, context, context_lens):
+        """
+        Args:
+            x: ``[B, L, C]`` video tokens.
+            context: ``[B, L_img + text_len, C]``: the embedded image tokens, then the embedded text.
+            context_lens: ``[B]`` valid text rows, or None (None upstream: every text row is a key).
+
+        Returns:
+            ``[B, L, C]``.
+        """
+        b, n, d = x.shape[0], self.num_heads, self.head_dim
+        image_len = context.shape[1] - self.text_len
+        if image_len < 1:
+            raise ValueError(f"the i2v context has {context.shape[1]} rows: expected image tokens before the "
+                             f"{self.text_len} text rows")
+        context_img, context = context[:, :image_len], context[:, image_len:]
+        q = self.norm_q(self.q(x)).view(b, -1, n, d)  # [B, L, N, D]
+        k = self.norm_k(self.k(context)).view(b, -1, n, d)  # [B, text_len, N, D]
+        v = self.v(context).view(b, -1, n, d)
+        k_img = self.norm_k_img(self.k_img(context_img)).view(b, -1, n, d)  # [B, L_img, N, D]
+        v_img = self.v_img(context_img).view(b, -1, n, d)
+        image_out = attention(q, k_img, v_img, k_lens=None).flatten(2)  # [B, L, C]
+        text_out = attention(q, k, v, k_lens=context_lens).flatten(2)
+        return self.o(text_out + image_out)  # [B, L, C]
+
+
+CROSS_ATTENTION_TYPES = {"t2v_cross_attn": WanT2VCrossAttention, "i2v_cross_attn": WanI2VCrossAttention}
+
+
+class MLPProj(nn.Module):
+    """``img_emb``: CLIP image tokens -> DiT width (LayerNorm, Linear, GELU, Linear, LayerNorm: ``proj.{0,1,3,4}``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, in_dim), nn.GELU(),
+                                  nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, L_img, in_dim]`` -> ``[B, L_img, out_dim]``."""
+        return self.proj(image_embeds)
+
+
 class WanAttentionBlock(nn.Module):
     """adaLN block: modulated self-attention, cross-attention to the text, modulated GELU(tanh) MLP."""
 
@@ -231,11 +292,12 @@ class WanAttentionBlock(nn.Module):
         qk_norm: bool = True,
         cross_attn_norm: bool = False,
         eps: float = 1e-6,
+        text_len: int = 512,
     ):
         super().__init__()
-        if cross_attn_type != "t2v_cross_attn":
+        if cross_attn_type not in CROSS_ATTENTION_TYPES:
             raise ValueError(
-                f"cross_attn_type {cross_attn_type!r} is not supported; allowed: 't2v_cross_attn'"
+                f"cross_attn_type {cross_attn_type!r} is not supported; allowed: {sorted(CROSS_ATTENTION_TYPES)}"
             )
         self.dim = dim
         self.ffn_dim = ffn_dim
@@ -243,7 +305,10 @@ class WanAttentionBlock(nn.Module):
         self.norm1 = WanLayerNorm(dim, eps)
         self.self_attn = WanSelfAttention(dim, num_heads, window_size, qk_norm, eps)
         self.norm3 = WanLayerNorm(dim, eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
-        self.cross_attn = WanT2VCrossAttention(dim, num_heads, (-1, -1), qk_norm, eps)
+        if cross_attn_type == "i2v_cross_attn":
+            self.cross_attn = WanI2VCrossAttention(dim, num_heads, (-1, -1), qk_norm, eps, text_len)
+        else:
+            self.cross_attn = WanT2VCrossAttention(dim, num_heads, (-1, -1), qk_norm, eps)
         self.norm2 = WanLayerNorm(dim, eps)
         self.ffn = nn.Sequential(
             nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim)
@@ -258,8 +323,8 @@ class WanAttentionBlock(nn.Module):
             seq_lens: ``[B]`` valid token counts.
             grid_sizes: ``[B, 3]`` latent grids.
             freqs: RoPE table.
-            context: ``[B, L_text, C]`` embedded text.
-            context_lens: None for text-to-video.
+            context: ``[B, L_text, C]`` embedded text (i2v: the embedded image tokens first).
+            context_lens: None (as upstream).
 
         Returns:
             ``[B, L, C]`` (fp32 whenever ``e`` is fp32).
@@ -304,7 +369,7 @@ class Head(nn.Module):
 
 
 class WanModel(nn.Module):
-    """The Wan2.1 DiT; parameter names equal the official checkpoint keys (text-to-video only)."""
+    """The Wan2.1 DiT; parameter names equal the official checkpoint keys (``t2v`` and ``i2v`` models)."""
 
     def __init__(
         self,
@@ -323,10 +388,12 @@ class WanModel(nn.Module):
         qk_norm: bool = True,
         cross_attn_norm: bool = True,
         eps: float = 1e-6,
+        image_dim: int = 1280,
     ):
         """
         Args:
-            model_type: only ``"t2v"`` (image-conditioned variants are not implemented).
+            model_type: ``"t2v"``, or ``"i2v"`` (image-to-video: ``in_dim`` 36 = noise 16 + mask 4 + image latent
+                16, an ``img_emb`` projection and image key/values in every cross-attention).
             patch_size: (frames, height, width) patch of the Conv3d embedding.
             text_len: text tokens after zero-padding (512 for umT5).
             in_dim / out_dim: latent channels in and out.
@@ -339,10 +406,12 @@ class WanModel(nn.Module):
             qk_norm: RMS-normalise queries and keys.
             cross_attn_norm: affine LayerNorm (``norm3``) before the cross-attention.
             eps: epsilon of every norm.
+            image_dim: width of the CLIP image tokens (i2v; 1280 for ViT-H/14, not stored in the official
+                config.json).
         """
         super().__init__()
-        if model_type != "t2v":
-            raise ValueError(f"model_type {model_type!r} is not supported; allowed: 't2v'")
+        if model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type {model_type!r} is not supported; allowed: {list(MODEL_TYPES)}")
         if dim % num_heads or (dim // num_heads) % 2:
             raise ValueError(f"dim ({dim}) / num_heads ({num_heads}) must be an even integer head size")
         self.model_type = model_type
@@ -360,6 +429,7 @@ class WanModel(nn.Module):
         self.qk_norm = qk_norm
         self.cross_attn_norm = cross_attn_norm
         self.eps = eps
+        self.image_dim = image_dim
 
         self.patch_embedding = nn.Conv3d(in_dim, dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.text_embedding = nn.Sequential(
@@ -370,11 +440,14 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 WanAttentionBlock(
-                    "t2v_cross_attn", dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm, eps
+                    MODEL_TYPES[model_type], dim, ffn_dim, num_heads, window_size, qk_norm, cross_attn_norm, eps,
+                    text_len,
                 )
                 for _ in range(num_layers)
             ]
         )
+        if model_type == "i2v":
+            self.img_emb = MLPProj(image_dim, dim)
         self.head = Head(dim, out_dim, self.patch_size, eps)
         # A plain attribute, not a buffer: it is not in the checkpoint, must stay complex128 whatever
         # .to(dtype) the model gets, and is moved to the compute device lazily in forward.
@@ -394,16 +467,19 @@ class WanModel(nn.Module):
             t: ``[B]`` timesteps.
             context: list of B text embeddings ``[L_i, text_dim]``, ``L_i <= text_len`` (trimmed, unpadded).
             seq_len: token count every sample is zero-padded to (>= the largest ``F*H*W / prod(patch_size)``).
-            clip_fea, y: image conditioning of the i2v model; must be None.
+            clip_fea: i2v only: CLIP image tokens ``[B, L_img, image_dim]`` (257 x 1280 for ViT-H/14).
+            y: i2v only: list of B conditioning latents ``[in_dim - out_dim, F, H, W]`` (frame mask, then the
+                VAE latent of the first frame followed by zeros), concatenated to ``x`` along channels.
 
         Returns:
             list of B fp32 tensors ``[out_dim, F, H, W]``.
         """
-        if clip_fea is not None or y is not None:
-            raise ValueError("clip_fea and y are image-to-video inputs; this WanModel is text-to-video only")
+        x = self.condition_latents(x, clip_fea, y)  # B x [in_dim, F, H, W]
         tokens, seq_lens, grid_sizes = self.patchify_and_pad(x, seq_len)  # [B, seq_len, C]
         e, e0 = self.embed_time(t)  # [B, C], [B, 6, C]
         context = self.embed_text(context)  # [B, text_len, C]
+        if clip_fea is not None:
+            context = torch.cat([self.img_emb(clip_fea), context], dim=1)  # [B, L_img + text_len, C]
         tokens = run_blocks(
             self.block_cache,
             "blocks",
@@ -418,6 +494,18 @@ class WanModel(nn.Module):
             context_lens=None,
         )
         return self.head_and_unpatchify(tokens, e, grid_sizes)
+
+    def condition_latents(self, x: list[torch.Tensor], clip_fea, y) -> list[torch.Tensor]:
+        """Checks the image conditioning against the model type; i2v: ``cat([x_i, y_i])`` along channels."""
+        if self.model_type == "t2v":
+            if clip_fea is not None or y is not None:
+                raise ValueError("clip_fea and y are image-to-video inputs; this WanModel is text-to-video only")
+            return x
+        if clip_fea is None or y is None:
+            raise ValueError("the i2v WanModel needs clip_fea (CLIP image tokens) and y (conditioning latents)")
+        if len(y) != len(x) or clip_fea.shape[0] != len(x):
+            raise ValueError(f"{len(x)} latents but {len(y)} conditioning latents and {clip_fea.shape[0]} images")
+        return [torch.cat([u, v]) for u, v in zip(x, y)]
 
     def rope_table(self, device: torch.device) -> torch.Tensor:
         """The RoPE table on ``device`` (moved once and kept there)."""

@@ -294,9 +294,16 @@ class T5EncoderModel:
                  tokenizer_path: str | None = None, shard_fn=None):
         self.text_len = text_len
         self._warned: set[str] = set()
+        self._warned_unknown: set[str] = set()
         self.dtype = dtype
         self.device = torch.device(device)
         self.tokenizer = HuggingfaceTokenizer(tokenizer_path or "", seq_len=text_len, clean="whitespace")
+        if not self.tokenizer.cased:
+            # A tokenizer built from lower-case text only (the tiny model's) maps every upper-case letter to <unk>:
+            # "A LARGE YELLOW CIRCLE" would reach the encoder as four unknown tokens. Lower-casing (the official
+            # "lower" cleaning mode) makes such a prompt mean what it says; umT5's cased vocabulary is unaffected.
+            self.tokenizer.clean = "lower"
+            logging.info("T5 tokenizer %s has no upper-case pieces: prompts are lower-cased", tokenizer_path)
         self.model = build_t5_encoder(load_t5_state_dict(checkpoint_path), dtype=dtype, device="cpu")
         config = infer_t5_config(self.model.state_dict())
         if config == UMT5_XXL_CONFIG:
@@ -319,12 +326,26 @@ class T5EncoderModel:
             one tensor [true_len, dim] per prompt; ``true_len`` counts the tokens including ``</s>``.
         """
         texts = [texts] if isinstance(texts, str) else list(texts)
+        self._warn_if_unknown(texts)
         self._warn_if_truncated(texts)
         ids, mask = self.tokenizer(texts, return_mask=True, add_special_tokens=True)
         ids, mask = ids.to(device), mask.to(device)
         seq_lens = mask.gt(0).sum(dim=1).long()
         context = self.model(ids, mask)  # [B, text_len, dim]
         return [out[:length] for out, length in zip(context, seq_lens)]
+
+    def _warn_if_unknown(self, texts: list[str]) -> None:
+        """Words with characters the tokenizer cannot represent become <unk> (the official pipeline does this
+        silently, and the tiny model then draws something else than asked): name them and what to type instead."""
+        for text in texts:
+            words = [] if text in self._warned_unknown else self.tokenizer.unknown_pieces(text)
+            self._warned_unknown.add(text)  # once per prompt, like the truncation warning
+            if words:
+                suggestions = [self.tokenizer.suggestion(w) for w in words]
+                instead = [f"{w!r} -> {repr(s) if s else 'leave it out'}" for w, s in zip(words, suggestions)]
+                logging.warning("the T5 tokenizer (%d pieces) cannot represent %s of the prompt: the text encoder sees "
+                                "<unk> there. Type instead: %s", self.tokenizer.vocab_size,
+                                ", ".join(map(repr, words)), ", ".join(instead))
 
     def _warn_if_truncated(self, texts: list[str]) -> None:
         """Prompts longer than ``text_len`` are cut, as in the official pipeline; say so instead of doing it

@@ -13,16 +13,17 @@ import html
 import os
 import re
 import string
+import unicodedata
 
-import ftfy
 import torch
-from transformers import AutoTokenizer
 
 CLEAN_MODES = ("whitespace", "lower", "canonicalize")
 
 
 def basic_clean(text: str) -> str:
     """Repairs broken unicode (ftfy), unescapes HTML entities twice and strips the ends."""
+    import ftfy  # here, not at the top: with transformers, a second of start-up that a refused command never needs
+
     text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text))
     return text.strip()
@@ -75,12 +76,52 @@ class HuggingfaceTokenizer:
         self.seq_len = seq_len
         self.clean = clean
         kwargs.setdefault("local_files_only", True)
+        from transformers import AutoTokenizer  # deferred like ftfy: the command lines check their flags first
+
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         self.vocab_size = self.tokenizer.vocab_size
+        # A vocabulary without a single upper-case letter was built from lower-case text (the tiny model's captions):
+        # every upper-case letter of a prompt would become <unk>.
+        self.cased = any(ch.isupper() for piece in self.tokenizer.get_vocab() for ch in piece)
 
     def _cleaned(self, sequence: str | list[str]) -> list[str]:
         texts = [sequence] if isinstance(sequence, str) else list(sequence)
         return [clean_text(text, self.clean) for text in texts] if self.clean else texts
+
+    def unknown_pieces(self, text: str) -> list[str]:
+        """The words of the cleaned prompt that hold characters the vocabulary cannot represent (the tokenizer turns
+        them into its unknown token, which the text encoder reads as noise), in order and without repeats."""
+        unk = self.tokenizer.unk_token_id
+        cleaned = self._cleaned(text)[0]
+        if unk is None or not cleaned:
+            return []
+        if self.tokenizer.is_fast:
+            encoded = self.tokenizer(cleaned, add_special_tokens=False, return_offsets_mapping=True)
+            spans = [span for token, span in zip(encoded.input_ids, encoded.offset_mapping) if token == unk]
+        else:  # slow tokenizers have no offsets: test the characters one by one
+            spans = [(i, i + 1) for i, ch in enumerate(cleaned) if not ch.isspace()
+                     and unk in self.tokenizer(ch, add_special_tokens=False).input_ids]
+        words = []
+        for start, end in spans:
+            first = cleaned.rfind(" ", 0, start) + 1
+            last = cleaned.find(" ", max(end, start + 1))
+            words.append(cleaned[first:None if last < 0 else last])
+        return list(dict.fromkeys(word for word in words if word))
+
+    def representable(self, char: str) -> bool:
+        """Whether the vocabulary has a piece for ``char`` (it does not become the unknown token)."""
+        return self.tokenizer.unk_token_id not in self.tokenizer(char, add_special_tokens=False).input_ids
+
+    def suggestion(self, word: str) -> str:
+        """What to type instead of ``word`` (from :meth:`unknown_pieces`): each character the vocabulary lacks is
+        replaced by its unaccented form when that one is known (``é`` -> ``e``), else dropped; may be empty."""
+        out = []
+        for char in word:
+            if not self.representable(char):
+                folded = ascii_suggestion(char) or ""
+                char = folded if folded and all(self.representable(c) for c in folded) else ""
+            out.append(char)
+        return "".join(out)
 
     def token_counts(self, sequence: str | list[str]) -> list[int]:
         """Tokens of each cleaned prompt before padding/truncation, ``</s>`` included."""
@@ -106,3 +147,9 @@ class HuggingfaceTokenizer:
         if return_mask:
             return ids, torch.as_tensor(encoded.attention_mask)
         return ids
+
+
+def ascii_suggestion(word: str) -> str | None:
+    """``word`` without accents (``"café"`` -> ``"cafe"``), or None when nothing of it is left or nothing changed."""
+    folded = unicodedata.normalize("NFKD", word).encode("ascii", "ignore").decode("ascii")
+    return folded if folded and folded != word else None

@@ -1,8 +1,8 @@
 """Official Wan2.1 DiT keys <-> diffusers ``WanTransformer3DModel`` keys, and the matching diffusers config.
 
-References: diffusers scripts/convert_wan_to_diffusers.py (the renaming rules, text-to-video part).
+References: diffusers scripts/convert_wan_to_diffusers.py (the renaming rules, text-to-video and i2v parts).
 
-Text-to-video needs only renames (no splits or concatenations). The rules are written per module path,
+Both model types need only renames (no splits or concatenations). The rules are written per module path,
 so a key no rule covers raises instead of passing through silently. Official ``norm3`` (the affine
 LayerNorm before the cross-attention) is diffusers ``norm2``, and official ``norm2`` (parameter-free) is
 diffusers ``norm3``.
@@ -21,6 +21,11 @@ _TOP_LEVEL = {
     "time_embedding.2": "condition_embedder.time_embedder.linear_2",
     "time_projection.1": "condition_embedder.time_proj",
     "head.head": "proj_out",
+    # i2v: the CLIP-token projection
+    "img_emb.proj.0": "condition_embedder.image_embedder.norm1",
+    "img_emb.proj.1": "condition_embedder.image_embedder.ff.net.0.proj",
+    "img_emb.proj.3": "condition_embedder.image_embedder.ff.net.2",
+    "img_emb.proj.4": "condition_embedder.image_embedder.norm2",
 }
 # Bare parameters (not module.weight/bias).
 _TOP_LEVEL_PARAMS = {"head.modulation": "scale_shift_table"}
@@ -40,6 +45,9 @@ _IN_BLOCK = {
     "cross_attn.o": "attn2.to_out.0",
     "cross_attn.norm_q": "attn2.norm_q",
     "cross_attn.norm_k": "attn2.norm_k",
+    "cross_attn.k_img": "attn2.add_k_proj",  # i2v: image keys / values
+    "cross_attn.v_img": "attn2.add_v_proj",
+    "cross_attn.norm_k_img": "attn2.norm_added_k",
     "norm1": "norm1",
     "norm2": "norm3",
     "norm3": "norm2",
@@ -74,7 +82,7 @@ def official_to_diffusers_key(key: str) -> str:
     """Renames one official WanModel key (e.g. ``blocks.3.self_attn.q.weight``) to its diffusers name.
 
     Raises:
-        ValueError: the key is not a text-to-video WanModel key.
+        ValueError: the key is not a (t2v or i2v) WanModel key.
     """
     return _rename(key, _TOP_LEVEL, _TOP_LEVEL_PARAMS, _IN_BLOCK, _BLOCK_PARAMS)
 
@@ -109,13 +117,18 @@ def diffusers_config(
     qk_norm: bool = True,
     cross_attn_norm: bool = True,
     eps: float = 1e-6,
+    model_type: str = "t2v",
+    image_dim: int = 1280,
     **_ignored,
 ) -> dict:
-    """Keyword arguments for a ``diffusers.WanTransformer3DModel`` equal to an official t2v config.
+    """Keyword arguments for a ``diffusers.WanTransformer3DModel`` equal to an official t2v or i2v config.
 
-    Extra official fields (``model_type``, ``text_len``, ``window_size``) are accepted and ignored.
+    i2v adds ``image_dim`` (the CLIP token width) and ``added_kv_proj_dim = dim`` (the image key/value
+    projections). Extra official fields (``text_len``, ``window_size``) are accepted and ignored.
     """
+    image = {"image_dim": image_dim, "added_kv_proj_dim": dim} if model_type == "i2v" else {}
     return {
+        **image,
         "patch_size": tuple(patch_size),
         "num_attention_heads": num_heads,
         "attention_head_dim": dim // num_heads,

@@ -10,13 +10,12 @@ existing file is kept untouched).
 import argparse
 import math
 import os
-import sys
 from datetime import datetime
 
 import imageio
 import torch
 
-from common_cache import atomic_path
+from common_cache import atomic_path, safe_name_part
 
 __all__ = ["str2bool", "cache_video", "video_to_frames", "make_frame_grid", "default_save_file"]
 
@@ -164,10 +163,13 @@ def _write_frames(path, frames, fps):
 
 
 def default_save_file(task, size, ulysses_size, ring_size, prompt, now=None):
-    """The official default output name of generate.py.
+    """The official default output name of generate.py, made safe for any file system.
 
-    `{task}_{size}_{ulysses}_{ring}_{prompt[:50] with ' ' and '/' -> '_'}_{%Y%m%d_%H%M%S}.mp4`
-    (`.png` for t2i tasks; the `*` of the size becomes `x` on Windows only).
+    `{task}_{size}_{ulysses}_{ring}_{prompt[:50] with ' ' and '/' -> '_'}_{%Y%m%d_%H%M%S}.mp4` (`.png` for t2i
+    tasks). Two differences to upstream, both so that every prompt gives a valid name: the `*` of the size is
+    always written `x` (upstream does so on Windows only; `*` is invalid on Windows, exFAT and SMB shares and a
+    wildcard in shells), and the prompt part goes through `common_cache.safe_name_part` (newlines, tabs, quotes,
+    `* ? : < > | \\` become `_`; at most 200 UTF-8 bytes, so that CJK or emoji prompts stay under the 255-byte limit).
 
     Args:
         task: e.g. "t2v-1.3B".
@@ -181,8 +183,6 @@ def default_save_file(task, size, ulysses_size, ring_size, prompt, now=None):
         The file name (no folder).
     """
     stamp = (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
-    short_prompt = prompt.replace(" ", "_").replace("/", "_")[:50]
-    size_text = size.replace("*", "x") if sys.platform == "win32" else size
+    short_prompt = safe_name_part(prompt.replace(" ", "_").replace("/", "_"), 50, 200)
     suffix = ".png" if "t2i" in task else ".mp4"
-    return f"{task}_{size_text}_{ulysses_size}_{ring_size}_{short_prompt}_{stamp}{suffix}"
-
+    return f"{task}_{size.replace('*', 'x')}_{ulysses_size}_{ring_size}_{short_prompt}_{stamp}{suffix}"

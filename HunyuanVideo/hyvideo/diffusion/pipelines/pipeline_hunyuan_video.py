@@ -161,8 +161,8 @@ class HunyuanVideoPipeline:
             guidance = guidance.to(self.dit_dtype) * 1000.0  # bf16: 6.0 -> 6016.0, as upstream
         freqs_cos, freqs_sin = (f.to(self.device) for f in freqs_cis)
         cache = self.transformer.block_cache
-        if cache is not None:
-            cache.begin(len(timesteps))
+        if cache is not None:  # the sigmas are the forecast abscissa of profiles that ask for it
+            cache.begin(len(timesteps), sigmas=self.scheduler.sigmas[:-1].tolist())
         branch = CFG_BRANCH if do_cfg else "cond"
         timer = DenoiseTimer(report, cache, len(timesteps), self.device, progress)
         for index, t in enumerate(timesteps):
