@@ -462,7 +462,7 @@ def markdown_table(summary: list[dict]) -> str:
                          f"PSNR {_f(s['conversion_psnr'], '.2f')} dB, SSIM {_f(s['conversion_ssim'], '.6f')}, "
                          f"full latency / {s['mode']} latency {_f(s['speed_vs_full'], '.3f')}, "
                          f"CPU {_f(s['cpu_vs_full'], '.3f')}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + envelope_lines(summary) + envelope_lines(summary, "speedup")
 
 
 def upper_envelope(points: list[tuple[float, float]], x: float) -> float | None:
@@ -493,7 +493,7 @@ def envelope_lines(summary: list[dict], key: str = "cpu_speedup") -> str:
         envelope = upper_envelope(peers, s[key])
         margin = None if envelope is None else s["psnr"] - envelope
         lines.append(f"| {s['mode']} | {s[key]:.2f}x | {s['psnr']:.2f} | {_f(envelope, '.2f')} | {_f(margin, '+.2f')} |")
-    return "\n".join(lines) + "\n" + envelope_lines(summary) + envelope_lines(summary, "speedup")
+    return "\n".join(lines) + "\n"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -195,3 +195,14 @@ def test_upper_envelope_interpolates_the_concave_hull_and_respects_faster_points
     assert bench_runner.upper_envelope(points, 1.0) == 44.0  # a faster point reaches 44
     assert bench_runner.upper_envelope(points, 5.0) is None
     assert bench_runner.upper_envelope(points, 3.5) == pytest.approx(31.5)
+
+
+def test_envelope_lines_give_each_of_our_modes_its_margin_over_the_peers():
+    import bench_runner
+
+    summary = [{"mode": "full", "reference": None, "cpu_speedup": 1.0, "psnr": None},
+               {"mode": "delta:x", "reference": "full", "cpu_speedup": 2.0, "psnr": 45.0},
+               {"mode": "fbc-0.1", "reference": "dfull", "cpu_speedup": 1.5, "psnr": 44.0},
+               {"mode": "tea-0.1", "reference": "full", "cpu_speedup": 3.0, "psnr": 34.0}]
+    text = bench_runner.envelope_lines(summary)
+    assert "| delta:x | 2.00x | 45.00 | 40.67 | +4.33 |" in text and "| tea-0.1 |" not in text
