@@ -198,19 +198,12 @@ class StreamGroupConfig:
         )
 
     def check_steps(self, num_steps: int) -> None:
-        """Checks that a run of ``num_steps`` steps fits every unit's warm-up and schedule.
+        """Checks that a run of ``num_steps`` steps fits the group's and every unit's warm-up and schedule.
 
         Raises:
             ValueError: ``num_steps`` < 1, a warm-up covers the whole run, or a listed step is out of range.
         """
-        self._group_refresh_steps(num_steps)
-        for unit in self.units:
-            unit_refresh_steps(f"group '{self.name}', unit {unit.first}..{unit.last}",
-                               self.resolved_unit(unit), num_steps)
-
-    def _group_refresh_steps(self, num_steps: int) -> tuple[int, ...]:
-        return unit_refresh_steps(f"group '{self.name}'", UnitConfig(0, 0, self.warmup_steps, self.schedule),
-                                  num_steps)
+        self.refresh_steps(num_steps)
 
     def refresh_steps(self, num_steps: int) -> tuple[int, ...]:
         """The group-level refresh steps of a run of ``num_steps`` steps (units may have their own), after checking
@@ -219,8 +212,12 @@ class StreamGroupConfig:
         Raises:
             ValueError: see :meth:`check_steps`.
         """
-        self.check_steps(num_steps)
-        return self._group_refresh_steps(num_steps)
+        steps = unit_refresh_steps(f"group '{self.name}'", UnitConfig(0, 0, self.warmup_steps, self.schedule),
+                                   num_steps)
+        for unit in self.units:
+            unit_refresh_steps(f"group '{self.name}', unit {unit.first}..{unit.last}", self.resolved_unit(unit),
+                               num_steps)
+        return steps
 
     @property
     def max_forecast_order(self) -> int:

@@ -46,9 +46,8 @@ def binary_split(cached: tuple[int, ...], depth: int, budget: int, num_steps: in
     count = (budget - computed_blocks * num_steps) // len(cached)
     if count < 2:
         return None
-    steps = spread(count, num_steps)
-    return StreamGroupConfig("blocks", depth, cached, 0, StepListSchedule(steps[1:] or (0,)), order) \
-        if steps[0] == 0 else None
+    steps = spread(count, num_steps)  # starts at step 0, the warm-up's refresh
+    return StreamGroupConfig("blocks", depth, cached, 0, StepListSchedule(steps[1:]), order)
 
 
 def allocations(budgeted: StreamGroupConfig, paper_blocks: tuple[int, ...], num_steps: int,

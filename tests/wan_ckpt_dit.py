@@ -69,7 +69,8 @@ def task_dit_config(task: str) -> dict:
             "text_len": cfg.text_len, "text_dim": cfg.text_dim}
 
 
-def write_random_wan_folder(folder: str, task: str, seed: int = 0, weight_scale: float = 0.3) -> str:
+def write_random_wan_folder(folder: str, task: str, seed: int = 0, weight_scale: float = 0.3,
+                            config: dict | None = None) -> str:
     """Writes a checkpoint folder of random weights for ``task`` in the official layout.
 
     The DiT comes from :func:`random_tiny_wan` with every non-norm weight scaled by ``weight_scale``: at 0.3 the
@@ -82,12 +83,13 @@ def write_random_wan_folder(folder: str, task: str, seed: int = 0, weight_scale:
         task: a ``WAN_CONFIGS`` key, e.g. ``"t2v-tiny"``.
         seed: seed of the DiT weights.
         weight_scale: factor on the non-norm DiT weights.
+        config: the DiT config (default: the task's, :func:`task_dit_config`).
 
     Returns:
         ``folder``.
     """
     cfg = WAN_CONFIGS[task]
-    config = task_dit_config(task)
+    config = config or task_dit_config(task)
     state_dict = {k: v if "norm" in k else weight_scale * v
                   for k, v in random_tiny_wan(config, seed=seed).state_dict().items()}
     write_wan_checkpoint(folder, state_dict, config)

@@ -16,8 +16,7 @@ import os
 import numpy as np
 import torch
 from PIL import Image
-from wan_ckpt_dit import random_tiny_wan, write_wan_checkpoint
-from wan_ckpt_text import build_tiny_tokenizer, write_t5_checkpoint, write_vae_checkpoint
+from wan_ckpt_dit import write_random_wan_folder
 
 from wan.configs import WAN_CONFIGS
 
@@ -105,13 +104,7 @@ def write_random_i2v_folder(folder: str, task: str = "i2v-tiny", seed: int = 0, 
     """Writes an i2v checkpoint folder of random weights in the official layout (see the module docstring);
     the DiT's non-norm weights are scaled by ``weight_scale`` (a smooth velocity field, as in wan_ckpt_dit)."""
     cfg = WAN_CONFIGS[task]
-    config = i2v_dit_config(task)
-    state_dict = {k: v if "norm" in k else weight_scale * v
-                  for k, v in random_tiny_wan(config, seed=seed).state_dict().items()}
-    write_wan_checkpoint(folder, state_dict, config)
-    write_t5_checkpoint(os.path.join(folder, cfg.t5_checkpoint), dim=cfg.text_dim, dim_attn=cfg.text_dim, num_heads=4)
-    build_tiny_tokenizer(os.path.join(folder, cfg.t5_tokenizer))
-    write_vae_checkpoint(os.path.join(folder, cfg.vae_checkpoint))
+    write_random_wan_folder(folder, task, seed, weight_scale, i2v_dit_config(task))
     write_clip_checkpoint(os.path.join(folder, cfg.clip_checkpoint), cfg.clip_vision, seed=seed + 1)
     return folder
 

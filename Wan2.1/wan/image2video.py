@@ -14,7 +14,6 @@ brackets and sequence parallelism):
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import random
@@ -153,12 +152,8 @@ class WanI2V(WanT2V):
         image_inputs = {"clip_fea": clip_context, "y": [y]}
         latent = self._denoise(noise, {"context": context, **image_inputs}, {"context": context_null, **image_inputs},
                                seq_len, sample_solver, sampling_steps, shift, guide_scale, generator, report, progress)
-        video = self._decode(latent, offload_model, report)
-        del noise, latent
-        if offload_model:
-            gc.collect()
-        report.total_seconds = time.perf_counter() - start
-        return video, report
+        del noise
+        return self._decode(latent, offload_model, report, start), report
 
     def _encode_image(self, image: torch.Tensor, frame_num: int, height: int, width: int, offload_model: bool):
         """CLIP tokens of the unresized image ``[1, L_img, image_dim]`` and the conditioning latent ``y``."""

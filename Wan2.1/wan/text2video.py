@@ -188,12 +188,8 @@ class WanT2V:
         noise = torch.randn(*target_shape, dtype=torch.float32, device=self.device, generator=generator)
         latent = self._denoise(noise, {"context": context}, {"context": context_null}, seq_len, sample_solver,
                                sampling_steps, shift, guide_scale, generator, report, progress)
-        video = self._decode(latent, offload_model, report)
-        del noise, latent
-        if offload_model:
-            gc.collect()
-        report.total_seconds = time.perf_counter() - start
-        return video, report
+        del noise
+        return self._decode(latent, offload_model, report, start), report
 
     def _denoise(self, noise: torch.Tensor, cond: dict, uncond: dict, seq_len: int, sample_solver: str,
                  sampling_steps: int, shift: float, guide_scale: float, generator: torch.Generator,
@@ -231,12 +227,17 @@ class WanT2V:
         timer.close()
         return latent
 
-    def _decode(self, latent: torch.Tensor, offload_model: bool, report: GenerationReport) -> torch.Tensor | None:
-        """Offloads the DiT if asked, then decodes on rank 0 (``[3, F, H, W]`` in [-1, 1]; None elsewhere)."""
+    def _decode(self, latent: torch.Tensor, offload_model: bool, report: GenerationReport,
+                start: float) -> torch.Tensor | None:
+        """Offloads the DiT if asked, decodes on rank 0 (``[3, F, H, W]`` in [-1, 1]; None elsewhere) and books the
+        generation's total time (begun at ``start``, ``time.perf_counter``)."""
         if offload_model and not self.on_cpu:
             self.model.cpu()
             torch.cuda.empty_cache()
         decode_start = time.perf_counter()
         video = self.vae.decode([latent])[0] if self.rank == 0 else None
         report.decode_seconds = time.perf_counter() - decode_start
+        if offload_model:
+            gc.collect()
+        report.total_seconds = time.perf_counter() - start
         return video
