@@ -23,21 +23,10 @@ import time
 
 import torch
 
-from common_cache import (
-    attach_cache,
-    cache_profile_from_args,
-    check_output_file,
-    check_output_folder,
-    delta_cache_from_args,
-    handle_interrupts,
-    interrupt_exit_code,
-    log_cache_profile,
-    log_cache_summary,
-    write_run_stats,
-)
-from common_cache.cli import teacache_from_args
-from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks, shutdown
-from common_cache.teacache import TeaCache, hunyuan_teacache_config, log_teacache_summary
+from common_cache import check_output_file, check_output_folder
+from common_cache.command import RunPolicy, init_logging, policy_from_args, run_command, uncalibrated
+from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks
+from common_cache.teacache import hunyuan_teacache_config
 from hyvideo.cache_profiles import builtin_profile
 from hyvideo.config import parse_args
 from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG
@@ -47,58 +36,29 @@ from hyvideo.utils.file_utils import save_videos_grid, video_file_name
 logger = logging.getLogger("sample_video")
 
 
-def _init_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s",
-                        handlers=[logging.StreamHandler(stream=sys.stdout)])
+def resolve_policy(args: argparse.Namespace) -> RunPolicy:
+    """The run's cache policy (the delta cache, TeaCache or none). The profile is checked against the official
+    depths of ``--model`` (unless ``--dit-config`` defines another architecture: then when it is attached) and the
+    step count; TeaCache takes the published HunyuanVideo coefficients (indicator: the modulated input of the first
+    double-stream block; first and last step forced), coefficients fitted for the weights
+    (``teacache_coefficients.json`` next to ``--dit-weight``) or ``--teacache-coefficients``."""
 
+    def teacache_config(thresh: float):
+        config = hunyuan_teacache_config(thresh)
+        if args.dit_config is None:
+            return config
+        return uncalibrated(config, f"the coefficients published for the official 720p model ({config.source}) on "
+                                    f"the architecture of --dit-config {args.dit_config}: they are not calibrated "
+                                    "for it")
 
-def resolve_cache_profile(args: argparse.Namespace):
-    """The run's cache profile (None when the cache is off), checked against the official depths of ``--model``
-    (unless ``--dit-config`` defines another architecture: then after the DiT is loaded) and the step count."""
-    profile = cache_profile_from_args(args, builtin_profile(args.model), f"--model {args.model}", dash="-")
-    if profile is None:
-        return None
+    depths = None
     if args.dit_config is None:
         config = HUNYUAN_VIDEO_CONFIG[args.model]
-        profile.config.check_depths({"double": config["mm_double_blocks_depth"],
-                                     "single": config["mm_single_blocks_depth"]})
-    for group in profile.config.groups:
-        group.refresh_steps(args.infer_steps)
-    return profile
-
-
-def resolve_teacache(args: argparse.Namespace) -> TeaCache | None:
-    """The run's TeaCache (None without ``--teacache-thresh``): the published HunyuanVideo coefficients (indicator:
-    the modulated input of the first double-stream block; first and last step forced) unless
-    ``--teacache-coefficients`` replaces them.
-
-    Raises:
-        ValueError: together with ``--delta_cache``/``--cache-profile``, ``--use_ret_steps``, bad coefficients.
-    """
-    teacache = teacache_from_args(args, hunyuan_teacache_config, dash="-")
-    if teacache is not None and args.dit_config is not None and args.teacache_coefficients is None:
-        logger.warning("TeaCache uses the coefficients published for the official 720p model (%s) on the "
-                       "architecture of --dit-config %s: they are not calibrated for it",
-                       teacache.config.source, args.dit_config)
-    return teacache
-
-
-def attach_cache_to(args: argparse.Namespace, transformer: torch.nn.Module, profile) -> None:
-    """Builds the run-time cache from the profile and the storage flags; logs its configuration once."""
-    attach_cache(transformer, delta_cache_from_args(args, profile))
-    log_cache_profile(logger, profile, args.cache_profile or "built-in", args.infer_steps)
-
-
-def summarize(args: argparse.Namespace, transformer: torch.nn.Module, report, profile, load_seconds: float) -> None:
-    """End-of-run summary: times, and with the cache the block calls, ideal and measured speedup, buffer memory."""
-    logger.info("time: %.1f s loading, %.1f s generating (%.1f s denoising %d steps, %.1f s decoding)",
-                load_seconds, report.total_seconds, report.denoise_seconds, args.infer_steps, report.decode_seconds)
-    if isinstance(transformer.block_cache, TeaCache):
-        log_teacache_summary(logger, transformer.block_cache, report, args.cache_stats)
-    elif transformer.block_cache is not None:
-        log_cache_summary(logger, transformer.block_cache, report, profile, args.cache_stats)
-    elif args.cache_stats:  # full compute: the same file with the timings, the reference of cached runs
-        write_run_stats(args.cache_stats, report)
+        depths = {"double": config["mm_double_blocks_depth"], "single": config["mm_single_blocks_depth"]}
+    return policy_from_args(
+        args, what=f"--model {args.model}", num_steps=args.infer_steps, builtin=builtin_profile(args.model),
+        teacache_config=teacache_config, depths=depths,
+        weights_dir=os.path.dirname(args.dit_weight) if args.dit_weight else None, dash="-", logger=logger)
 
 
 def model_base(args: argparse.Namespace) -> str:
@@ -108,10 +68,9 @@ def model_base(args: argparse.Namespace) -> str:
     return checkpoint_root(args)
 
 
-def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None = None,
-                 teacache: TeaCache | None = None):
-    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the delta cache of
-    ``profile`` or ``teacache`` attached), then the other components. Returns the ``HunyuanVideoSampler``."""
+def load_sampler(args: argparse.Namespace, policy: RunPolicy | None = None, sp: SequenceParallel | None = None):
+    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the run's cache
+    ``policy`` attached), then the other components. Returns the ``HunyuanVideoSampler``."""
     # hyvideo.inference pulls in diffusers and transformers (seconds): imported only once the checks have passed
     from hyvideo.inference import HunyuanVideoSampler, RunPrecisions, check_checkpoint_pieces, load_transformer
 
@@ -126,11 +85,8 @@ def load_sampler(args: argparse.Namespace, profile, sp: SequenceParallel | None 
     transformer = load_transformer(args, paths["dit_weight"], device, precisions.dit)
     if sp is not None:
         parallelize_transformer(transformer, sp)  # refuses a head count the Ulysses degree does not divide
-    if profile is not None:
-        attach_cache_to(args, transformer, profile)  # refuses a profile made for another depth
-    if teacache is not None:
-        attach_cache(transformer, teacache)
-        logger.info("TeaCache %s, coefficients: %s", teacache.config.tag(), teacache.config.source)
+    if policy is not None:
+        policy.attach(transformer, logger)  # refuses a profile made for another depth
     return HunyuanVideoSampler.from_pretrained(root, args, device=device, transformer=transformer)
 
 
@@ -155,10 +111,9 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> li
 
         args.seed = random.randint(0, SEED_RANGE) if args.seed is None else args.seed
         args.seed, args.prompt, args.neg_prompt = broadcast_object((args.seed, args.prompt, args.neg_prompt))
-    teacache = resolve_teacache(args)  # first: it refuses --delta_cache together with it
-    profile = resolve_cache_profile(args)
+    policy = resolve_policy(args)
     start = time.perf_counter()
-    sampler = load_sampler(args, profile, sp, teacache)
+    sampler = load_sampler(args, policy, sp)
     load_seconds = time.perf_counter() - start
     outputs = sampler.predict(
         prompt=args.prompt, height=args.video_size[0], width=args.video_size[1], video_length=args.video_length,
@@ -168,7 +123,10 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> li
     if rank != 0:
         return []
     paths = save_samples(args, outputs)
-    summarize(args, sampler.model, outputs["report"], profile, load_seconds)
+    report = outputs["report"]
+    logger.info("time: %.1f s loading, %.1f s generating (%.1f s denoising %d steps, %.1f s decoding)",
+                load_seconds, report.total_seconds, report.denoise_seconds, args.infer_steps, report.decode_seconds)
+    policy.log_summary(logger, report, args.cache_stats)
     return paths
 
 
@@ -184,21 +142,14 @@ def check_output_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _init_logging()
-    try:
-        with handle_interrupts():  # Ctrl-C and SIGTERM end the run through every cleanup: no partial file is left
-            args = parse_args(argv)  # checks every value on every rank before any process group exists
-            check_output_args(args)
-            generate(args, init_parallel(args))
-    except (ValueError, OSError) as err:  # OSError: e.g. the disk filled up while writing
-        logger.error("%s", err)
-        return 2
-    except KeyboardInterrupt as err:
-        logger.error("%s: stopped, no partial file left", str(err) or "interrupted (Ctrl-C)")
-        return interrupt_exit_code(err)
-    finally:
-        shutdown()
-    return 0
+    init_logging()
+
+    def run() -> None:
+        args = parse_args(argv)  # checks every value on every rank before any process group exists
+        check_output_args(args)
+        generate(args, init_parallel(args))
+
+    return run_command(run, logger)
 
 
 if __name__ == "__main__":

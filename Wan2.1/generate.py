@@ -17,24 +17,11 @@ import os
 import random
 import sys
 
-import torch
-
-from common_cache import (
-    add_cache_args,
-    attach_cache,
-    cache_profile_from_args,
-    check_output_file,
-    check_output_folder,
-    delta_cache_from_args,
-    handle_interrupts,
-    interrupt_exit_code,
-    log_cache_profile,
-    log_cache_summary,
-    write_run_stats,
-)
-from common_cache.cli import add_teacache_args, teacache_from_args
-from common_cache.teacache import TeaCache, log_teacache_summary, wan_teacache_config
-from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks, shutdown
+from common_cache import add_cache_args, check_output_file, check_output_folder
+from common_cache.cli import add_teacache_args
+from common_cache.command import RunPolicy, init_logging, policy_from_args, run_command
+from common_cache.teacache import wan_teacache_config
+from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks
 from wan.cache_profiles import default_profile, resolve_profile_path
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS
 from wan.configs import MAX_AREA_CONFIGS, is_image_task
@@ -204,55 +191,14 @@ def _sample(args: argparse.Namespace, pipeline: WanT2V, prompt: str, offload_mod
     return pipeline.generate(prompt, image, max_area=max_area, **options)
 
 
-def _init_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s: %(message)s",
-                        handlers=[logging.StreamHandler(stream=sys.stdout)])
-
-
-def _resolve_cache_profile(args: argparse.Namespace):
-    """The cache profile of the run (None when the cache is off), checked against the task before any loading."""
-    if args.cache_profile is not None:
-        args.cache_profile = resolve_profile_path(args.cache_profile)
-    profile = cache_profile_from_args(args, default_profile(args.task), f"task {args.task}")
-    if profile is None:
-        return None
-    profile.config.check_depths({"blocks": WAN_CONFIGS[args.task].num_layers})
-    for group in profile.config.groups:
-        group.refresh_steps(args.sample_steps)
-    return profile
-
-
-def _attach_cache(args: argparse.Namespace, pipeline: WanT2V, profile) -> None:
-    attach_cache(pipeline.model, delta_cache_from_args(args, profile))
-    log_cache_profile(logging.getLogger(), profile, args.cache_profile or "built-in", args.sample_steps)
-
-
-FITTED_COEFFICIENTS = "teacache_coefficients.json"  # scripts/fit_teacache.py output kept with the weights
-
-
-def _resolve_teacache(args: argparse.Namespace) -> TeaCache | None:
-    """The TeaCache of the run (None without --teacache_thresh); warns when it runs uncalibrated. Without
-    --teacache_coefficients, coefficients fitted for these weights (``<ckpt_dir>/teacache_coefficients.json``) are
-    preferred over the published ones."""
-    fitted = os.path.join(args.ckpt_dir, FITTED_COEFFICIENTS)
-    if args.teacache_thresh is not None and not args.teacache_coefficients and os.path.isfile(fitted):
-        args.teacache_coefficients = fitted
-    teacache = teacache_from_args(args, lambda thresh: wan_teacache_config(
-        args.task, thresh, args.use_ret_steps, resolution=_teacache_resolution(args)))
-    if teacache is not None and teacache.config.source.startswith("uncalibrated"):
-        logging.warning("TeaCache is %s", teacache.config.source)
-    return teacache
-
-
-def _summary(args: argparse.Namespace, pipeline: WanT2V, report, profile) -> None:
-    logging.info("time: %.1f s in total, %.1f s denoising (%d steps), %.1f s decoding", report.total_seconds,
-                 report.denoise_seconds, args.sample_steps, report.decode_seconds)
-    if isinstance(pipeline.model.block_cache, TeaCache):
-        log_teacache_summary(logging.getLogger(), pipeline.model.block_cache, report, args.cache_stats)
-    elif pipeline.model.block_cache is not None:
-        log_cache_summary(logging.getLogger(), pipeline.model.block_cache, report, profile, args.cache_stats)
-    elif args.cache_stats:  # full compute: the same file with the timings, the reference of cached runs
-        write_run_stats(args.cache_stats, report)
+def resolve_policy(args: argparse.Namespace) -> RunPolicy:
+    """The run's cache policy (the delta cache, TeaCache or none), checked against the task before any loading."""
+    return policy_from_args(
+        args, what=f"task {args.task}", num_steps=args.sample_steps, builtin=default_profile(args.task),
+        teacache_config=lambda thresh: wan_teacache_config(args.task, thresh, args.use_ret_steps,
+                                                           resolution=_teacache_resolution(args)),
+        depths={"blocks": WAN_CONFIGS[args.task].num_layers}, weights_dir=args.ckpt_dir,
+        resolve_profile=resolve_profile_path)
 
 
 def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> str | None:
@@ -265,15 +211,11 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> st
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT.get(args.task, "")
     args.base_seed, prompt = broadcast_object((args.base_seed, prompt))  # torchrun: rank 0's seed and prompt
     offload_model = (sp is None) if args.offload_model is None else args.offload_model
-    teacache = _resolve_teacache(args)
-    profile = _resolve_cache_profile(args)
+    policy = resolve_policy(args)
     pipeline = _pipeline_class(args.task)(
         config=config, checkpoint_dir=args.ckpt_dir, rank=rank, t5_cpu=args.t5_cpu, use_usp=sp is not None,
         device=None if sp is None else sp.device, sequence_parallel=sp)
-    if profile is not None:
-        _attach_cache(args, pipeline, profile)
-    if teacache is not None:
-        attach_cache(pipeline.model, teacache)
+    policy.attach(pipeline.model, logging.getLogger())
     logging.info("Generating video ...")
     video, report = _sample(args, pipeline, prompt, offload_model)
     if rank != 0:
@@ -281,31 +223,22 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> st
     save_file = args.save_file or default_save_file(args.task, args.size, args.ulysses_size, args.ring_size, prompt)
     logging.info("Saving generated video to %s", save_file)
     cache_video(video[None], save_file=save_file, fps=config.sample_fps, nrow=1, normalize=True, value_range=(-1, 1))
-    _summary(args, pipeline, report, profile)
+    logging.info("time: %.1f s in total, %.1f s denoising (%d steps), %.1f s decoding", report.total_seconds,
+                 report.denoise_seconds, args.sample_steps, report.decode_seconds)
+    policy.log_summary(logging.getLogger(), report, args.cache_stats)
     logging.info("Finished.")
     return save_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    _init_logging()
+    init_logging()
     args = _parse_args(argv)
-    try:
-        with handle_interrupts():  # Ctrl-C and SIGTERM end the run through every cleanup: no partial file is left
-            _validate_args(args)
-            generate(args, init_parallel(args))
-    except (ValueError, OSError) as err:  # OSError: e.g. the disk filled up while writing
-        logging.error("%s", err)
-        return 2
-    except KeyboardInterrupt as err:
-        return _interrupted(err)
-    finally:
-        shutdown()
-    return 0
 
+    def run() -> None:
+        _validate_args(args)
+        generate(args, init_parallel(args))
 
-def _interrupted(err: KeyboardInterrupt) -> int:
-    logging.error("%s: stopped, no partial file left", str(err) or "interrupted (Ctrl-C)")
-    return interrupt_exit_code(err)
+    return run_command(run, logging.getLogger())
 
 
 if __name__ == "__main__":

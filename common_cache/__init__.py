@@ -6,6 +6,8 @@ The public API (documented in docs/caching.md):
 * :class:`CacheConfig`, :class:`StreamGroupConfig`, schedules, :class:`CacheProfile`: typed configuration and the
   JSON cache profile.
 * :class:`DeltaCache`, :func:`attach_cache`, :func:`detach_cache`: the run-time cache.
+* :func:`enable_cache`, :func:`disable_cache`: put any cache policy on our transformers and on diffusers transformers
+  and pipelines (docs/diffusers.md; :mod:`common_cache.adapters`).
 * :class:`CacheStats`: per-generation statistics; :class:`GenerationReport`, the summary helpers and
   :func:`write_run_stats` (``--cache_stats``).
 * File and signal helpers of the command lines: :func:`atomic_path`, :func:`check_output_file`,
@@ -47,6 +49,7 @@ from common_cache.plan import (
 from common_cache.runner import call_block, run_blocks, step_context
 from common_cache.schedule import LinearSchedule, StepListSchedule, UniformSchedule, schedule_from_dict
 from common_cache.stats import CacheStats
+from common_cache.adapters import disable_cache, enable_cache  # last: it builds on the modules above
 
 __all__ = [
     "CacheConfig",
@@ -75,6 +78,8 @@ __all__ = [
     "compile_steps",
     "delta_cache_from_args",
     "detach_cache",
+    "disable_cache",
+    "enable_cache",
     "handle_interrupts",
     "interrupt_exit_code",
     "lagrange_weights",

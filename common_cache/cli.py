@@ -160,6 +160,8 @@ def _apply_overrides(group: StreamGroupConfig, overrides: dict[str, str], dash: 
         changes["units"] = ()  # the new list's runs of blocks are the units
     elif group.units:  # a profile's per-unit values give way to the overridden group-wide ones
         cleared = {_UNIT_FIELDS[flag]: None for flag in overrides if flag in _UNIT_FIELDS}
+        if cleared:  # calibrated weights belong to the profile's own steps and order
+            cleared["forecast_weights"] = None
         changes["units"] = tuple(dataclasses.replace(u, **cleared) for u in group.units)
     if "cache_forecast_order" in overrides:
         changes["forecast_order"] = _parse_int("cache_forecast_order", overrides["cache_forecast_order"], dash)

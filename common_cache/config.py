@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,10 @@ class UnitConfig:
         schedule: the unit's refresh steps after its warm-up.
         forecast_order: 0 adds the last recorded residual (the paper's copy); 1 and 2 add the finite-difference
             extrapolation of its last 2 or 3 recorded residuals.
+        forecast_weights: optional calibrated forecast weights ``((step, (w_oldest, ..., w_newest)), ...)``, one
+            entry per reuse step of the unit, each with one weight per record the forecast uses there; they replace
+            the finite-difference weights (the budgeted profiler writes damped finite differences, the damping
+            chosen on the profiling prompts). A schedule, warm-up or order given on the command line drops them.
     """
 
     first: int
@@ -56,6 +61,7 @@ class UnitConfig:
     warmup_steps: int | None = None
     schedule: Schedule | None = None
     forecast_order: int | None = None
+    forecast_weights: tuple[tuple[int, tuple[float, ...]], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("first", "last"):
@@ -68,6 +74,9 @@ class UnitConfig:
             check_int(f"cache unit {self.first}..{self.last}: warmup_steps", self.warmup_steps, 0)
         if self.forecast_order is not None:
             _check_order(f"cache unit {self.first}..{self.last}", self.forecast_order)
+        if self.forecast_weights is not None:
+            object.__setattr__(self, "forecast_weights",
+                               _checked_weights(f"cache unit {self.first}..{self.last}", self.forecast_weights))
 
     @property
     def blocks(self) -> range:
@@ -81,12 +90,14 @@ class UnitConfig:
             data["schedule"] = self.schedule.to_dict()
         if self.forecast_order is not None:
             data["forecast_order"] = self.forecast_order
+        if self.forecast_weights is not None:
+            data["forecast_weights"] = [[step, list(weights)] for step, weights in self.forecast_weights]
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> UnitConfig:
         _require_object("cache unit", data)
-        known = {"blocks", "warmup_steps", "schedule", "forecast_order"}
+        known = {"blocks", "warmup_steps", "schedule", "forecast_order", "forecast_weights"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"cache unit has unknown fields {unknown}: allowed {sorted(known)}")
@@ -94,7 +105,32 @@ class UnitConfig:
         if not isinstance(blocks, list) or len(blocks) != 2:
             raise ValueError(f"cache unit blocks={blocks!r} is not allowed: expected [first, last] (two block indices)")
         schedule = schedule_from_dict(data["schedule"]) if "schedule" in data else None
-        return cls(blocks[0], blocks[1], data.get("warmup_steps"), schedule, data.get("forecast_order"))
+        return cls(blocks[0], blocks[1], data.get("warmup_steps"), schedule, data.get("forecast_order"),
+                   data.get("forecast_weights"))
+
+
+def _checked_weights(where: str, entries: object) -> tuple[tuple[int, tuple[float, ...]], ...]:
+    """``forecast_weights`` as tuples, after checking its form: [step, [1 to 3 finite numbers]] pairs, each step
+    once (whether the steps are the unit's reuse steps is checked when a run's steps are compiled)."""
+    if not isinstance(entries, (list, tuple)) or not entries:
+        raise ValueError(f"{where}: forecast_weights={_preview(entries)} is not allowed: expected a non-empty list "
+                         "of [step, [weights]] pairs")
+    checked = []
+    for entry in entries:
+        shape_ok = isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], (list, tuple))
+        if not shape_ok or not 1 <= len(entry[1]) <= MAX_FORECAST_ORDER + 1:
+            raise ValueError(f"{where}: forecast_weights entry {_preview(entry)} is not allowed: expected "
+                             f"[step, [1 to {MAX_FORECAST_ORDER + 1} weights]]")
+        check_int(f"{where}: forecast_weights step", entry[0], 0)
+        for weight in entry[1]:
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                raise ValueError(f"{where}: forecast weight {weight!r} at step {entry[0]} is not allowed: expected "
+                                 "a finite number")
+        checked.append((entry[0], tuple(float(w) for w in entry[1])))
+    dups = _duplicates(step for step, _ in checked)
+    if dups:
+        raise ValueError(f"{where}: forecast_weights lists the steps {dups} more than once: each reuse step once")
+    return tuple(sorted(checked))
 
 
 def _require_object(what: str, data: object) -> None:
@@ -195,6 +231,7 @@ class StreamGroupConfig:
             self.warmup_steps if unit.warmup_steps is None else unit.warmup_steps,
             self.schedule if unit.schedule is None else unit.schedule,
             self.forecast_order if unit.forecast_order is None else unit.forecast_order,
+            unit.forecast_weights,
         )
 
     def check_steps(self, num_steps: int) -> None:

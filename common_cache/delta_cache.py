@@ -3,9 +3,9 @@
 On warm-up and refresh steps every block runs; on refresh steps the residual ("delta" = output minus input) of
 each cache unit is recorded. On reuse steps the computed (foreground) blocks run and each cache unit's residual is
 added instead of running its block(s): with forecast order 0 the last recorded one (the paper), with order 1 or 2
-the extrapolation of its last 2 or 3 records (finite differences over the step index or sigma; the weights are
-fixed before the run). Every unit may have its own schedule and order (docs/caching.md). Differences from the
-official release (method.md section 8), on purpose:
+the extrapolation of its last 2 or 3 records (finite differences over the step index or sigma, or a profile's
+calibrated weights; fixed before the run). Every unit may have its own schedule and order (docs/caching.md).
+Differences from the official release (method.md section 8), on purpose:
 
 * state is kept per guidance branch and reset by :meth:`DeltaCache.begin` at the start of every generation;
 * the stream is updated out of place (``h = h + delta``) and a reused unit returns the dtype its blocks returned
@@ -204,9 +204,9 @@ class DeltaCache(CachePolicy):
         for j, (h, dtype) in enumerate(zip(hs, state.out_dtypes[unit])):
             # Out of place, and in the dtype the skipped blocks returned (fp32 stays fp32 even when the input of the
             # first cached block is bf16, e.g. Wan's patch embedding under autocast).
-            if len(records) == 1:  # order 0: the stored residual itself (bit-identical to the paper's copy)
+            if weights == (1.0,):  # a copy: the stored residual itself (bit-identical to the paper's order 0)
                 residual = records[0][j].to(device=h.device, dtype=dtype, non_blocking=True)
-            else:  # order 1-2: the extrapolation, computed in the stream's dtype
+            else:  # a forecast (finite differences or calibrated weights), computed in the stream's dtype
                 residual = sum(w * r[j].to(device=h.device, dtype=dtype, non_blocking=True)
                                for w, r in zip(weights, records))
             summed = h + residual

@@ -6,8 +6,9 @@ Without explicit units, the maximal runs of consecutive cached blocks are the un
 refresh schedule and forecast order (by default the group's), so a step may refresh some units and reuse others.
 
 Everything is decided before the first step (:func:`compile_steps`): one op list per step, with the forecast
-weights of every reuse already computed, so the hot loop does no membership tests and nothing depends on the data
-(method.md section 8 item 10; every rank of a sequence-parallel run compiles the same lists).
+weights of every reuse already computed (finite differences, or a profile's calibrated weights), so the hot loop
+does no membership tests and nothing depends on the data (method.md section 8 item 10; every rank of a
+sequence-parallel run compiles the same lists).
 """
 
 from __future__ import annotations
@@ -193,9 +194,10 @@ def compile_steps(group: StreamGroupConfig, plan: GroupPlan, num_steps: int,
     xs = list(range(num_steps)) if positions is None else [float(p) for p in positions]
     kinds, weights = [], []
     for index, unit in enumerate(plan.unit_configs):
-        unit_kinds = unit_step_kinds(f"group '{group.name}', unit {unit.first}..{unit.last}", unit, num_steps)
+        where = f"group '{group.name}', unit {unit.first}..{unit.last}"
+        unit_kinds = unit_step_kinds(where, unit, num_steps)
         kinds.append(unit_kinds)
-        weights.append(_forecast_weights(unit_kinds, unit.forecast_order, xs))
+        weights.append(_forecast_weights(where, unit, unit_kinds, xs))
     unit_of = {b: i for i, u in enumerate(plan.units) for b in range(u.first, u.last + 1)}
     steps = []
     for step in range(num_steps):
@@ -211,15 +213,31 @@ def compile_steps(group: StreamGroupConfig, plan: GroupPlan, num_steps: int,
     return tuple(steps)
 
 
-def _forecast_weights(kinds: Sequence[StepKind], order: int, xs: Sequence[float]) -> dict[int, tuple[float, ...]]:
-    """Per reuse step, the Lagrange weights of the unit's most recent records (up to ``order + 1`` of them; fewer
-    right after the first refresh, where only a lower order is possible)."""
+def _forecast_weights(where: str, unit: UnitConfig, kinds: Sequence[StepKind],
+                      xs: Sequence[float]) -> dict[int, tuple[float, ...]]:
+    """Per reuse step, the weights of the unit's most recent records (up to ``order + 1`` of them; fewer right
+    after the first refresh, where only a lower order is possible): its calibrated ``forecast_weights`` when it has
+    them, else the Lagrange weights over ``xs``.
+
+    Raises:
+        ValueError: calibrated weights that miss a reuse step, name another step, or have the wrong length.
+    """
     records: list[int] = []
     weights = {}
     for step, kind in enumerate(kinds):
         if kind == StepKind.REFRESH:
             records.append(step)
         elif kind == StepKind.REUSE and records:
-            used = records[-(order + 1):]
+            used = records[-(unit.forecast_order + 1):]
             weights[step] = lagrange_weights([xs[s] for s in used], xs[step])
-    return weights
+    if unit.forecast_weights is None:
+        return weights
+    calibrated = dict(unit.forecast_weights)
+    if set(calibrated) != set(weights):
+        raise ValueError(f"{where}: forecast_weights are given for the steps {sorted(calibrated)} but the unit "
+                         f"reuses on the steps {sorted(weights)}: expected one entry per reuse step")
+    for step, values in calibrated.items():
+        if len(values) != len(weights[step]):
+            raise ValueError(f"{where}: forecast_weights at step {step} has {len(values)} weights: the forecast "
+                             f"there uses {len(weights[step])} records")
+    return calibrated

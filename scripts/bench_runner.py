@@ -296,7 +296,7 @@ def run_record(mode: Mode, prompt: str, seed: int, timed: Timed, full: dict | No
         stats = cache.stats
         row.update(computed_calls=stats.computed_calls, skipped_calls=stats.skipped_calls,
                    ideal_speedup=stats.ideal_speedup, cache_buffer_bytes=stats.peak_buffer_bytes)
-        if isinstance(cache, TeaCache):
+        if mode.kind == "teacache":
             row.update(tag=cache.config.tag(), coefficients=cache.config.source,
                        computed_steps={b: cache.computed_steps(b) for b in cache.history})
         else:

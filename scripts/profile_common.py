@@ -105,6 +105,9 @@ def add_budget_args(parser: argparse.ArgumentParser, dash: str = "_") -> None:
     budget.add_argument(flag("budget_layout", dash), dest="budget_layout", default="stack", choices=list(LAYOUTS),
                         help="stack: each stream group refreshes as one unit (default; best measured); blocks: "
                              "every block has its own steps.")
+    budget.add_argument(flag("forecast_damping", dash), dest="forecast_damping", default="auto", metavar="auto|G",
+                        help="Scale of the order-1 forecast slope (1 = finite differences); auto (default) picks the "
+                             "best of 1.0, 0.9, ..., 0.5 on the profiling prompts (one generation per prompt each).")
     budget.add_argument(flag("residual_elements", dash), dest="residual_elements", type=int, default=1 << 16,
                         help="Residual entries per block and step kept for the search (a fixed random subset).")
 
@@ -120,9 +123,31 @@ def check_budget_args(args: argparse.Namespace, num_steps: int, dash: str = "_")
     if not 0 <= args.max_forecast_order <= MAX_FORECAST_ORDER:
         raise ValueError(f"{flag('max_forecast_order', dash)} {args.max_forecast_order} is not allowed: expected "
                          f"0..{MAX_FORECAST_ORDER}")
+    args.damping = parse_damping(args.forecast_damping, flag("forecast_damping", dash))
     if args.residual_elements < 1:
         raise ValueError(f"{flag('residual_elements', dash)} {args.residual_elements} is not allowed: expected an "
                          "integer >= 1")
+
+
+def parse_damping(text: str, shown: str) -> float | None:
+    """``--forecast_damping``: None for ``auto``, else a number in (0, 2]."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 2.0:
+        raise ValueError(f"{shown} {text!r} is not allowed: expected auto or a number in (0, 2] (1 = finite "
+                         "differences)")
+    return value
+
+
+def budget_generations(args: argparse.Namespace) -> int:
+    """Generations of a budgeted run: the trajectories, the damping candidates (auto) and the timed check."""
+    from common_cache.profiling.budget import DAMPINGS
+
+    return len(args.prompts) * (3 + (len(DAMPINGS) if args.damping is None else 0))
 
 
 def save_budgeted_profile(path: str, config, search: dict, measured: dict, facts: dict, prompts: Sequence[str],

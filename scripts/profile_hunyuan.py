@@ -76,6 +76,7 @@ from profile_common import (  # noqa: E402
     resolve_prompts,
     run_key,
     run_metadata,
+    budget_generations,
     save_budgeted_profile,
     write_json_atomic,
 )
@@ -269,10 +270,11 @@ def run_budgeted(args: argparse.Namespace, argv: list[str]) -> int:
         video = out["samples"][0].permute(1, 2, 3, 0)  # [T, H, W, 3] in [0, 1]
         return (video * 255).round().clamp(0, 255).to(torch.uint8).numpy(), out["report"].denoise_seconds
 
-    bar = tqdm(total=3 * len(args.prompts), desc="budgeted profile (trajectories, then check)", unit="video")
+    bar = tqdm(total=budget_generations(args), desc="budgeted profile (trajectories, damping, check)",
+               unit="video")
     config, search, measured = budgeted_profile(
         generate, args.prompts, seeds, sampler.model.stream_group_depths(), args.target_speedup,
-        args.max_forecast_order, args.budget_layout, args.residual_elements, bar.update)
+        args.max_forecast_order, args.budget_layout, args.residual_elements, bar.update, args.damping)
     bar.close()
     facts = {"model": model_name(args), "depths": sampler.model.stream_group_depths(),
              "video_size": list(args.video_size), "video_length": args.video_length, "steps": args.infer_steps,

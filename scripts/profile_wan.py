@@ -52,6 +52,7 @@ from profile_common import (  # noqa: E402
     plot_refresh_schedules,
     profile_or_resume_later,
     run_metadata,
+    budget_generations,
     save_budgeted_profile,
     write_json_atomic,
 )
@@ -238,11 +239,12 @@ def run_budgeted(args: argparse.Namespace, argv: list[str], pipeline) -> int:
     start = time.perf_counter()
     kwargs = sampling_kwargs(args)
     seeds = [args.base_seed + i for i in range(len(args.prompts))]
-    bar = tqdm(total=3 * len(args.prompts), desc="budgeted profile (trajectories, then check)", unit="video")
+    bar = tqdm(total=budget_generations(args), desc="budgeted profile (trajectories, damping, check)",
+               unit="video")
     config, search, measured = budgeted_profile(
         lambda policy, prompt, seed: run_with_cache(pipeline, policy, prompt, seed, kwargs), args.prompts, seeds,
         pipeline.model.stream_group_depths(), args.target_speedup, args.max_forecast_order, args.budget_layout,
-        args.residual_elements, bar.update)
+        args.residual_elements, bar.update, args.damping)
     bar.close()
     facts = {"model": MODEL_NAMES.get(args.task, args.task), "task": args.task,
              "depth": WAN_CONFIGS[args.task].num_layers, "size": args.size, "frame_num": args.frame_num,

@@ -183,7 +183,7 @@ def test_named_delta_modes_load_built_in_profiles():
     args = argparse.Namespace(cache_profile=None)
     named = bench_runner.resolve_profile(args, "t2v-tiny", modes[1])
     default = bench_runner.resolve_profile(args, "t2v-tiny", modes[2])
-    assert named.metadata["budget"]["target_speedup"] == 4 and default.metadata["budget"]["target_speedup"] == 3
+    assert named.metadata["budget"]["target_speedup"] == 4.5 and default.metadata["budget"]["target_speedup"] == 3
 
 
 def test_upper_envelope_interpolates_the_concave_hull_and_respects_faster_points():

@@ -11,6 +11,7 @@ from test_profiling_wan import ckpt_dir, cli_args, load_cli  # noqa: F401 (fixtu
 
 from common_cache import CacheConfig, CacheProfile, DeltaCache, attach_cache, detach_cache
 from common_cache.profiling.budget import (
+    DAMPINGS,
     STACK,
     UnitChoice,
     UnitTables,
@@ -136,11 +137,17 @@ def test_cli_target_speedup_writes_a_measured_profile(ckpt_dir, tmp_path):  # no
     assert meta["budget"]["computed_block_calls_per_branch"] <= 8 * 12 / 2.5
     assert meta["measured_on_profiling_prompts"]["ideal_speedup"] >= 2.5
     assert meta["measured_on_profiling_prompts"]["prompts"] == 2 and meta["source"] == "profiler (budgeted)"
+    # auto damping: every candidate measured on the profiling prompts, the best one kept
+    scores = meta["budget"]["damping_psnr_on_profiling_prompts"]
+    assert list(scores) == [str(d) for d in DAMPINGS]
+    assert scores[str(meta["budget"]["forecast_damping"])] == max(scores.values())
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--target_speedup", "0.9"], "--target_speedup 0.9 is not allowed"),
     (["--target_speedup", "2", "--max_forecast_order", "3"], "--max_forecast_order 3 is not allowed"),
+    (["--target_speedup", "2", "--forecast_damping", "soft"], "--forecast_damping 'soft' is not allowed: expected "
+                                                              "auto or a number in (0, 2]"),
 ])
 def test_cli_budget_flags_are_checked_before_loading(ckpt_dir, tmp_path, caplog, extra, message):  # noqa: F811
     assert load_cli().main(cli_args(ckpt_dir, str(tmp_path / "p.json"), *extra)) == 2

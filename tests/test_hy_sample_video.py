@@ -296,14 +296,14 @@ def test_official_invocation_and_defaults():
 
 
 def test_builtin_profile_fits_50_steps_only_with_the_official_depths():
-    profile = sample_video.resolve_cache_profile(parse_args(["--prompt", "x", "--delta_cache"]))
+    profile = sample_video.resolve_policy(parse_args(["--prompt", "x", "--delta_cache"])).profile
     assert [g.name for g in profile.config.groups] == ["double", "single"]
     assert profile.config.group("single").refresh_steps(50) == (6, 18, 26, 32, 38, 42, 46, 48)
     with pytest.raises(ValueError, match="refresh step 32 is out of range for 30 steps"):
-        sample_video.resolve_cache_profile(parse_args(["--prompt", "x", "--delta_cache", "--infer-steps", "30"]))
+        sample_video.resolve_policy(parse_args(["--prompt", "x", "--delta_cache", "--infer-steps", "30"]))
 
 
 def test_a_profile_for_another_depth_is_refused_before_loading_on_the_official_path(profile_path):
     args = parse_args(["--prompt", "x", "--cache-profile", profile_path, "--model-base", "/nonexistent"])
     with pytest.raises(ValueError, match="group 'double' was made for depth 3, but the model has 20 blocks"):
-        sample_video.resolve_cache_profile(args)
+        sample_video.resolve_policy(args)

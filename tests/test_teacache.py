@@ -441,13 +441,13 @@ def test_generate_prefers_coefficients_fitted_for_the_checkpoint(tmp_path):
     fitted.write_text(json.dumps({"format": "profilingdit-teacache-coefficients",
                                   "fits": {"e": {"coefficients": [2.0, 0.25]}}}))
     args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path), "--teacache_thresh", "0.1"])
-    cache = generate._resolve_teacache(args)
+    cache = generate.resolve_policy(args).policy
     assert cache.config.coefficients == (2.0, 0.25) and str(fitted) in cache.config.source
     args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path), "--teacache_thresh", "0.1",
                                  "--teacache_coefficients", "1,0"])
-    assert generate._resolve_teacache(args).config.coefficients == (1.0, 0.0)
+    assert generate.resolve_policy(args).policy.config.coefficients == (1.0, 0.0)
     fitted.unlink()
     args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path), "--teacache_thresh", "0.1"])
-    assert generate._resolve_teacache(args).config.source.startswith("uncalibrated")
+    assert generate.resolve_policy(args).policy.config.source.startswith("uncalibrated")
     args = generate._parse_args(["--task", "t2v-tiny", "--ckpt_dir", str(tmp_path)])
-    assert generate._resolve_teacache(args) is None
+    assert generate.resolve_policy(args).policy is None

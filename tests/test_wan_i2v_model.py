@@ -286,7 +286,7 @@ def test_builtin_i2v_profile_is_the_provisional_40_block_list(tmp_path):
                                  str(image), "--delta_cache", "--save_file", str(tmp_path / "x.mp4")])
     generate._validate_args(args)
     assert (args.sample_steps, args.sample_shift) == (40, 3.0)  # the i2v defaults at 480P
-    resolved = generate._resolve_cache_profile(args)
+    resolved = generate.resolve_policy(args).profile
     assert resolved.config.groups[0].refresh_steps(40)[:2] == (6, 12)
     assert os.listdir(tmp_path) == ["first.png"]
 

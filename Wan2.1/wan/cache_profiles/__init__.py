@@ -7,7 +7,8 @@ else ``<task>.json``) and ``--cache_profile NAME`` any of them by name (``--cach
   (``scripts/profile_wan.py``): the 8 blocks of lowest R_attn cached, warm-up 6, interval 6 (1.92x ideal).
 * ``t2v-tiny-2x.json``, ``t2v-tiny-3x.json``, ``t2v-tiny-4x.json``: budgeted profiles of the tiny model
   (``scripts/profile_wan.py --target_speedup``): all blocks as one unit with its own refresh steps and residual
-  forecasting; ``t2v-tiny-3x`` is ``--delta_cache``'s default for ``t2v-tiny`` (docs/benchmarks.md, section 7).
+  forecasting (the 4x one with a damped slope, chosen on the profiling prompts); ``t2v-tiny-3x`` is
+  ``--delta_cache``'s default for ``t2v-tiny`` (docs/benchmarks.md, section 9).
 * ``i2v-14B.json``: provisional: the ``t2v-14B`` list (same 40-block depth), not profiled on an i2v model; its
   metadata gives the profiling command for a real I2V checkpoint.
 * ``i2v-tiny.json``: provisional: the ``t2v-tiny`` list, for the tiny i2v architecture (no shipped weights).
