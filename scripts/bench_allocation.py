@@ -2,7 +2,8 @@
 
 At an equal number of block calls (so an equal ideal speedup), on held-out prompts of the tiny model:
 
-* ``budgeted``: the shipped budgeted profile (all blocks as one unit, refresh steps chosen by the search);
+* ``budgeted``: the shipped budgeted profile's steps (all blocks as one unit, refresh steps chosen by the search),
+  with finite differences; ``budgeted, as shipped`` adds the profile's calibrated weights when it has them;
 * ``uniform``: all blocks as one unit, the same number of computed steps spread evenly over the run;
 * ``paper``: the paper's binary split (the R_attn profile's cached blocks, the others always computed), its cached
   blocks refreshed on evenly spread steps so that the calls match (only where the budget allows it);
@@ -61,7 +62,9 @@ def allocations(budgeted: StreamGroupConfig, paper_blocks: tuple[int, ...], num_
     splits = {"paper": paper_blocks}
     for seed in range(random_seeds):
         splits[f"random-{seed}"] = tuple(sorted(rng.choice(depth, size=len(paper_blocks), replace=False).tolist()))
-    modes = {}
+    # A profile with calibrated weights (a damped slope) also runs as shipped; "budgeted" is its steps with plain
+    # finite differences.
+    modes = {"budgeted, as shipped": budgeted} if unit.forecast_weights is not None else {}
     for order in (1, 0):
         suffix = "" if order else " (copy)"
         everything = tuple(range(depth))
