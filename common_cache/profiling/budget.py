@@ -430,7 +430,8 @@ def damped_weights(unit: UnitConfig, num_steps: int, damping: float) -> tuple[tu
 
 
 def with_damping(config: CacheConfig, num_steps: int, damping: float) -> CacheConfig:
-    """``config`` with every explicit order-1 unit's forecast slope scaled by ``damping`` (1.0: unchanged)."""
+    """``config`` with every explicit order-1 unit's forecast slope scaled by ``damping`` (1.0: unchanged). The
+    weights are over the step index, the abscissa of every budgeted profile."""
     if damping == 1.0:
         return config
     groups = []
