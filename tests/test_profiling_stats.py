@@ -330,7 +330,7 @@ def test_recorder_records_every_nth_step_and_the_step_change():
     delta = statistics.heatmap("blocks", "delta_change")  # every block adds 1: its residual never changes
     assert np.isnan(delta[:, 0]).all() and delta[:, 1:].tolist() == [[0.0, 0.0], [0.0, 0.0]]
     assert recorder.stats.computed_calls == 6 and recorder.stats.skipped_calls == 0
-    with pytest.raises(RuntimeError, match="outside recorder.step"):
+    with pytest.raises(RuntimeError, match=r"ProfilingRecorder attached was called outside cache.step\(i, branch\)"):
         model(x)
 
 

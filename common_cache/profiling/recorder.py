@@ -39,11 +39,11 @@ from dataclasses import dataclass
 
 import torch
 
+from common_cache.policy import CachePolicy, StepContext
 from common_cache.profiling.masks import MaskProvider, StepView, pool_to_tokens
 from common_cache.profiling.scores import HighAttentionRule, foreground_lift, foreground_ratio
 from common_cache.profiling.statistics import ProfileStatistics
 from common_cache.runner import States, call_block
-from common_cache.stats import CacheStats
 
 # branch name -> (prediction [C, T, H, W], clean estimate [C, T, H, W] or None)
 BranchOutputs = Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]
@@ -60,15 +60,16 @@ def single_branch(outputs: BranchOutputs) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 @dataclass
-class _Position:
-    step: int
-    branch: str
+class _Position(StepContext):
     group: str | None = None
     block: int | None = None
 
 
-class ProfilingRecorder:
+class ProfilingRecorder(CachePolicy):
     """Collects attention and prediction statistics of generations into a :class:`ProfileStatistics`.
+
+    A :class:`~common_cache.policy.CachePolicy` like the caches (the same bind / begin / step protocol, checks and
+    statistics), whose ``run`` computes every block and records what it sees.
 
     Args:
         mask_provider: foreground masks per step (see ``masks.py``).
@@ -105,6 +106,7 @@ class ProfilingRecorder:
                                  ("reuse_start", reuse_start, 0), ("reuse_every", reuse_every, 1)):
             if value < low:
                 raise ValueError(f"{name}={value} is not allowed: expected an integer >= {low}")
+        super().__init__()
         self.mask_provider = mask_provider
         self.patch_size = tuple(patch_size)
         self.rule = rule
@@ -120,31 +122,28 @@ class ProfilingRecorder:
         self._projections: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._sketches: dict[tuple[str, str, int], torch.Tensor] = {}
         self.statistics: ProfileStatistics | None = None
-        self.stats = CacheStats()
         self.masks: list[torch.Tensor] = []
         self.prompt_index = 0
-        self._depths: dict[str, int] | None = None
-        self._position: _Position | None = None
+        self._depths: dict[str, int] | None = None  # the profiled groups (all the model's unless ``groups``)
         self._pending_step: int | None = None
         self._attention: dict[tuple[str, str, int], list[torch.Tensor]] = {}
         self._outputs: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._previous_prediction: torch.Tensor | None = None
 
     # ----------------------------------------------------------------------------------------------------------
-    # The cache protocol (used by attach_cache and the pipelines).
+    # The cache protocol of CachePolicy (bind, begin, step), with the recorder's hooks.
 
-    def bind(self, model_depths: Mapping[str, int]) -> None:
-        """Remembers the model's stream groups (called by ``attach_cache``)."""
+    context_type = _Position
+
+    def _check_model(self, model_depths: Mapping[str, int]) -> None:
+        """Any model; ``groups``, when given, must be among its stream groups (the others run unrecorded)."""
         unknown = sorted(set(self.groups or ()) - set(model_depths))
         if unknown:
             raise ValueError(f"profiling groups {unknown} are not stream groups of the model: {sorted(model_depths)}")
         self._depths = {g: d for g, d in model_depths.items() if self.groups is None or g in self.groups}
-        self._all_depths = dict(model_depths)
 
-    def begin(self, num_steps: int, sigmas=None) -> None:
+    def _prepare(self, num_steps: int) -> None:
         """Starts a generation (one prompt): statistics are created on the first call, added to afterwards."""
-        if self._depths is None:
-            raise RuntimeError("ProfilingRecorder.begin() before bind(): attach it with attach_cache(model, recorder)")
         if self.statistics is None:
             self.statistics = ProfileStatistics(num_steps, dict(self._depths))
         elif self.statistics.num_steps != num_steps:
@@ -152,9 +151,6 @@ class ProfilingRecorder:
                 f"every profiled generation must have the same number of steps: {self.statistics.num_steps} "
                 f"before, {num_steps} now"
             )
-        self.stats = CacheStats(num_steps=num_steps)
-        for name, depth in self._all_depths.items():
-            self.stats.add_group(name, depth)
         self.masks = []
         self._sketches.clear()
         self._anchors.clear()
@@ -165,23 +161,19 @@ class ProfilingRecorder:
 
     @contextmanager
     def step(self, index: int, branch: str = "cond") -> Iterator[None]:
-        """Marks the forwards inside as step ``index`` of guidance ``branch``."""
+        """Marks the forwards inside as step ``index`` of guidance ``branch``; a new step index first finishes the
+        statistics of the previous step (both branches have run by then)."""
         if self.statistics is None:
             raise RuntimeError("ProfilingRecorder.step() before begin(num_steps)")
         if self._pending_step is not None and index != self._pending_step:
             self._finish_step()
         self._pending_step = index
-        if branch not in self.stats.branches:
-            self.stats.branches.append(branch)
-        self._position = _Position(index, branch)
-        try:
+        with super().step(index, branch):
             yield
-        finally:
-            self._position = None
 
     def run(self, group: str, blocks: Sequence[Callable], states: States, kwargs: dict) -> States:
         """Runs every block (a plain loop) while tracking which one is running."""
-        position = self._require_position()
+        position = self._require_context(group, blocks)
         measure = self.sketch_width > 0 and group in self._depths
         role = self._reuse_role(group, position.step)
         first, inputs, outputs = states, [], []
@@ -215,7 +207,7 @@ class ProfilingRecorder:
     @property
     def current_block(self) -> tuple[str, int] | None:
         """(group, block index) of the block running now; None outside a recorded block stack or step."""
-        position = self._position
+        position = self._context
         if position is None or position.group is None or position.group not in self._depths or self._replaying:
             return None
         if position.step % self.attention_every:
@@ -227,7 +219,7 @@ class ProfilingRecorder:
         where = self.current_block
         if where is None:
             return
-        key = (self._position.branch, *where)
+        key = (self._context.branch, *where)
         self._attention.setdefault(key, []).append(received.detach().float().cpu())
 
     def record_prediction(self, prediction: torch.Tensor, clean_estimate: torch.Tensor | None = None) -> None:
@@ -239,12 +231,12 @@ class ProfilingRecorder:
     # ----------------------------------------------------------------------------------------------------------
 
     def _require_position(self) -> _Position:
-        if self._position is None:
+        if self._context is None:
             raise RuntimeError(
-                "a model with a ProfilingRecorder attached was called outside recorder.step(i, branch): the pipeline "
-                "must call begin(num_steps) and wrap every forward in step(i, branch)"
+                "a model with a ProfilingRecorder attached was called outside cache.step(i, branch): the pipeline "
+                "must call cache.begin(num_steps) once per generation and wrap every forward in cache.step(i, branch)"
             )
-        return self._position
+        return self._context
 
     def _sketch(self, out: States, inp: States) -> tuple[torch.Tensor, torch.Tensor]:
         """Random projections of the residual and of the input, each ``[B, L_total, sketch_width]`` float32."""
