@@ -28,7 +28,8 @@ from common_cache.files import (
     safe_name_part,
     write_json_atomic,
 )
-from common_cache.delta_cache import DeltaCache, attach_cache, detach_cache
+from common_cache.delta_cache import DeltaCache
+from common_cache.policy import attach_cache, detach_cache
 from common_cache.report import (
     DenoiseTimer,
     GenerationReport,

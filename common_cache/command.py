@@ -21,10 +21,10 @@ import torch
 
 from common_cache.cli import cache_profile_from_args, delta_cache_from_args, teacache_from_args
 from common_cache.config import CacheProfile
-from common_cache.delta_cache import DeltaCache, attach_cache
+from common_cache.delta_cache import DeltaCache
 from common_cache.distributed import shutdown
 from common_cache.files import handle_interrupts, interrupt_exit_code
-from common_cache.policy import CachePolicy
+from common_cache.policy import CachePolicy, attach_cache
 from common_cache.report import GenerationReport, log_cache_profile, log_cache_summary, write_run_stats
 from common_cache.teacache import TeaCache, TeaCacheConfig, log_teacache_summary
 

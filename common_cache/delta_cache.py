@@ -212,20 +212,3 @@ class DeltaCache(CachePolicy):
             summed = h + residual
             out.append(summed if summed.dtype == dtype else summed.to(dtype))
         return tuple(out)
-
-
-def attach_cache(model: torch.nn.Module, cache: DeltaCache) -> None:
-    """Attaches ``cache`` to a model whose forward calls :func:`common_cache.run_blocks`.
-
-    The model must expose ``stream_group_depths() -> dict[str, int]`` and a ``block_cache`` attribute.
-
-    Raises:
-        ValueError: the cache config does not fit the model's stream groups or depths.
-    """
-    cache.bind(model.stream_group_depths())
-    model.block_cache = cache
-
-
-def detach_cache(model: torch.nn.Module) -> None:
-    """Removes the cache: the model's block loops become plain loops again (bit-identical to no cache)."""
-    model.block_cache = None

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from common_cache.stats import CacheStats
 
 
@@ -167,3 +169,21 @@ class CachePolicy:
         elapsed = time.perf_counter() - start
         self.stats.stack_seconds += elapsed
         self.stats.engine_seconds += elapsed - block_seconds
+
+
+def attach_cache(model: torch.nn.Module, cache: CachePolicy) -> None:
+    """Attaches ``cache`` (any policy: a delta cache, TeaCache, a recorder) to a model whose forward calls
+    :func:`common_cache.run_blocks`.
+
+    The model must expose ``stream_group_depths() -> dict[str, int]`` and a ``block_cache`` attribute.
+
+    Raises:
+        ValueError: the cache config does not fit the model's stream groups or depths.
+    """
+    cache.bind(model.stream_group_depths())
+    model.block_cache = cache
+
+
+def detach_cache(model: torch.nn.Module) -> None:
+    """Removes the cache: the model's block loops become plain loops again (bit-identical to no cache)."""
+    model.block_cache = None

@@ -31,7 +31,7 @@ from torch import nn
 from common_cache.adapters.diffusers import DiffusersAdapter
 from common_cache.adapters.pipeline import PipelineDriver
 from common_cache.adapters.registry import DIFFUSERS_MODELS, diffusers_spec
-from common_cache.delta_cache import attach_cache, detach_cache
+from common_cache.policy import attach_cache, detach_cache
 
 POLICY_METHODS = ("bind", "begin", "step", "run")
 _ALLOWED_TARGETS = (
