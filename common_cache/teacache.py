@@ -65,28 +65,35 @@ class TeaCachePreset:
     source: str
 
 
+# The cache signals the models hand to run_blocks (``cache_signals={name: ...}``) that TeaCache reads, by name:
+# one definition for our two model forwards, the diffusers adapter and the presets below.
+WAN_TIME_EMBEDDING = "e"  # Wan2.1: the time embedding [B, C]
+WAN_TIME_MODULATION = "e0"  # Wan2.1: its 6-way projection [B, 6, C] (TeaCache's ret-steps mode)
+HUNYUAN_MODULATED_INPUT = "modulated_input"  # HunyuanVideo: the first double block's modulated image [B, N, C]
+
 _WAN = "TeaCache4Wan2.1"
+_WAN_RET = _WAN + " (ret steps)"
 # Keys: "<model>" for the default indicator, "<model>+ret" for --use_ret_steps.
 PUBLISHED: dict[str, TeaCachePreset] = {
     "hunyuanvideo-t2v": TeaCachePreset(
-        (733.226126, -401.131952, 67.5869174, -3.14987800, 0.0961237896), "modulated_input", 1, 1,
+        (733.226126, -401.131952, 67.5869174, -3.14987800, 0.0961237896), HUNYUAN_MODULATED_INPUT, 1, 1,
         "TeaCache4HunyuanVideo"),
     "wan2.1-t2v-1.3B": TeaCachePreset(
-        (2396.76752, -1311.10545, 201.331979, -8.29855975, 0.137887774), "e", 1, 1, _WAN),
+        (2396.76752, -1311.10545, 201.331979, -8.29855975, 0.137887774), WAN_TIME_EMBEDDING, 1, 1, _WAN),
     "wan2.1-t2v-14B": TeaCachePreset(
-        (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404), "e", 1, 1, _WAN),
+        (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404), WAN_TIME_EMBEDDING, 1, 1, _WAN),
     "wan2.1-i2v-480P": TeaCachePreset(
-        (-302.331670, 223.948934, -52.5463970, 5.87348440, -0.201973289), "e", 1, 1, _WAN),
+        (-302.331670, 223.948934, -52.5463970, 5.87348440, -0.201973289), WAN_TIME_EMBEDDING, 1, 1, _WAN),
     "wan2.1-i2v-720P": TeaCachePreset(
-        (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683), "e", 1, 1, _WAN),
+        (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683), WAN_TIME_EMBEDDING, 1, 1, _WAN),
     "wan2.1-t2v-1.3B+ret": TeaCachePreset(
-        (-52186.2437, 9230.41404, -528.275948, 13.6987616, -0.0499875664), "e0", 5, 0, _WAN + " (ret steps)"),
+        (-52186.2437, 9230.41404, -528.275948, 13.6987616, -0.0499875664), WAN_TIME_MODULATION, 5, 0, _WAN_RET),
     "wan2.1-t2v-14B+ret": TeaCachePreset(
-        (-303318.725, 49053.7029, -2655.30556, 58.7365115, -0.315583525), "e0", 5, 0, _WAN + " (ret steps)"),
+        (-303318.725, 49053.7029, -2655.30556, 58.7365115, -0.315583525), WAN_TIME_MODULATION, 5, 0, _WAN_RET),
     "wan2.1-i2v-480P+ret": TeaCachePreset(
-        (257151.496, -35422.9917, 1402.86849, -13.5890334, 0.132517977), "e0", 5, 0, _WAN + " (ret steps)"),
+        (257151.496, -35422.9917, 1402.86849, -13.5890334, 0.132517977), WAN_TIME_MODULATION, 5, 0, _WAN_RET),
     "wan2.1-i2v-720P+ret": TeaCachePreset(
-        (8107.05460, 2133.93892, -372.934672, 16.6203073, -0.0417769401), "e0", 5, 0, _WAN + " (ret steps)"),
+        (8107.05460, 2133.93892, -372.934672, 16.6203073, -0.0417769401), WAN_TIME_MODULATION, 5, 0, _WAN_RET),
 }
 WAN_TASK_MODELS = {"t2v-1.3B": "wan2.1-t2v-1.3B", "t2v-14B": "wan2.1-t2v-14B"}
 # Image-to-video: one fit per checkpoint resolution (the 480P and 720P I2V-14B checkpoints).
@@ -182,7 +189,7 @@ def wan_teacache_config(task: str, threshold: float, use_ret_steps: bool = False
     Raises:
         ValueError: an image-to-video task with published fits but no (or an unknown) ``resolution``.
     """
-    indicator, first, last = ("e0", 5, 0) if use_ret_steps else ("e", 1, 1)
+    indicator, first, last = (WAN_TIME_MODULATION, 5, 0) if use_ret_steps else (WAN_TIME_EMBEDDING, 1, 1)
     if coefficients is not None:
         return TeaCacheConfig(threshold, tuple(coefficients), indicator, first, last, source or "user")
     model = WAN_TASK_MODELS.get(task)
@@ -204,7 +211,7 @@ def hunyuan_teacache_config(threshold: float, coefficients: Sequence[float] | No
     """TeaCache settings for HunyuanVideo T2V (indicator ``modulated_input``, first and last step forced)."""
     if coefficients is None:
         return preset_config("hunyuanvideo-t2v", threshold)
-    return TeaCacheConfig(threshold, tuple(coefficients), "modulated_input", 1, 1, source or "user")
+    return TeaCacheConfig(threshold, tuple(coefficients), HUNYUAN_MODULATED_INPUT, 1, 1, source or "user")
 
 
 def load_coefficients(path: str, indicator: str) -> tuple[float, ...]:

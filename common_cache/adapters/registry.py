@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from common_cache.runner import Signal
+from common_cache.teacache import HUNYUAN_MODULATED_INPUT, WAN_TIME_EMBEDDING, WAN_TIME_MODULATION
 
 # (blocks, states, rest of the block call's positional arguments, captured submodule outputs) -> named signals
 SignalFn = Callable[[Sequence[Callable], tuple[torch.Tensor, ...], tuple[Any, ...], Mapping[str, Any]],
@@ -73,7 +74,7 @@ class DiffusersModelSpec:
 def _wan_signals(blocks, states, rest, captured) -> dict[str, Signal]:
     """Wan2.1: ``e`` = the time embedding ([B, C], the first output of ``condition_embedder``) and ``e0`` = its
     6-way projection ([B, 6, C], the block call's ``temb``: rest = (encoder_hidden_states, temb, rotary_emb))."""
-    return {"e": captured["condition_embedder"][0], "e0": rest[1]}
+    return {WAN_TIME_EMBEDDING: captured["condition_embedder"][0], WAN_TIME_MODULATION: rest[1]}
 
 
 def _hunyuan_modulated_input(block: torch.nn.Module, img: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -84,7 +85,7 @@ def _hunyuan_modulated_input(block: torch.nn.Module, img: torch.Tensor, temb: to
 def _hunyuan_signals(blocks, states, rest, captured) -> dict[str, Signal]:
     """HunyuanVideo: ``modulated_input`` = the modulated image input of the first double block, computed only when
     a cache asks for it (rest = (temb, attention_mask, freqs_cis, ...))."""
-    return {"modulated_input": functools.partial(_hunyuan_modulated_input, blocks[0], states[0], rest[0])}
+    return {HUNYUAN_MODULATED_INPUT: functools.partial(_hunyuan_modulated_input, blocks[0], states[0], rest[0])}
 
 
 WAN = DiffusersModelSpec(

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from common_cache import run_blocks
+from common_cache.teacache import HUNYUAN_MODULATED_INPUT
 
 from .activation_layers import get_activation_layer
 from .attention import TextSegments, attention, check_attention_backend
@@ -402,7 +403,8 @@ class HYVideoDiffusionTransformer(nn.Module):
             "freqs_cis": self._rope_tables(freqs_cos, freqs_sin, img),
         }
         # TeaCache's indicator, computed only by a cache that asks for it (run_blocks never passes it to the blocks).
-        signals = {"modulated_input": functools.partial(self.double_blocks[0].modulated_image_input, img, vec)}
+        modulated = functools.partial(self.double_blocks[0].modulated_image_input, img, vec)
+        signals = {HUNYUAN_MODULATED_INPUT: modulated}
         img, txt = run_blocks(self.block_cache, "double", self.double_blocks, (img, txt), cache_signals=signals,
                               **kwargs)
         x = torch.cat((img, txt), 1)  # [B, N_img + N_txt, C]

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from common_cache import run_blocks
+from common_cache.teacache import WAN_TIME_EMBEDDING, WAN_TIME_MODULATION
 
 from .attention import attention
 
@@ -485,7 +486,8 @@ class WanModel(nn.Module):
             "blocks",
             self.blocks,
             tokens,
-            cache_signals={"e": e, "e0": e0},  # TeaCache indicators; run_blocks never passes them to the blocks
+            # TeaCache's indicators; run_blocks never passes them to the blocks
+            cache_signals={WAN_TIME_EMBEDDING: e, WAN_TIME_MODULATION: e0},
             e=e0,
             seq_lens=seq_lens,
             grid_sizes=grid_sizes,
