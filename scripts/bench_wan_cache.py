@@ -51,9 +51,10 @@ def small_random_weights_(model: WanModel) -> WanModel:
 
 def denoise(model: WanModel, latent_shape, steps: int, seed: int = 0, shift: float = 5.0,
             device: torch.device = torch.device("cpu"), context_tokens: tuple[int, int] = (24, 4),
-            ) -> tuple[float, float, torch.Tensor]:
+            stop_after: int | None = None) -> tuple[float, float, torch.Tensor]:
     """One generation's denoising loop (the pipeline's, with CFG 5). On a GPU it runs under bf16 autocast, as
-    generate.py does there, and the clock waits for the kernels. Returns (wall s, CPU s, final latent)."""
+    generate.py does there, and the clock waits for the kernels. ``stop_after`` ends the loop after that many of
+    the ``steps`` steps (a warm-up: a cache still compiles the whole run). Returns (wall s, CPU s, final latent)."""
     generator = torch.Generator(device=device).manual_seed(seed)
     latent = torch.randn(*latent_shape, generator=generator, device=device)
     context = [torch.randn(context_tokens[0], model.text_dim, generator=generator, device=device)]
@@ -70,7 +71,7 @@ def denoise(model: WanModel, latent_shape, steps: int, seed: int = 0, shift: flo
     if cache is not None:
         cache.begin(steps)
     with autocast:
-        for index, t in enumerate(scheduler.timesteps):
+        for index, t in enumerate(scheduler.timesteps[:stop_after]):
             timestep = torch.stack([t])
             preds = []
             for branch, ctx in (("cond", context), ("uncond", context_null)):
