@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from common_cache import check_output_file, check_output_folder
 from common_cache.command import RunPolicy, init_logging, policy_from_args, run_command, uncalibrated
-from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks
 from common_cache.teacache import hunyuan_teacache_config
+from profilingdit.files import check_output_file, check_output_folder
+from profilingdit.parallel import SequenceParallel, broadcast_object, quiet_other_ranks
 from hyvideo.cache_profiles import builtin_profile
 from hyvideo.config import parse_args
 from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG

@@ -17,11 +17,12 @@ import os
 import random
 import sys
 
-from common_cache import add_cache_args, check_output_file, check_output_folder
+from common_cache import add_cache_args
 from common_cache.cli import add_teacache_args
 from common_cache.command import RunPolicy, init_logging, policy_from_args, run_command
 from common_cache.teacache import wan_teacache_config
-from common_cache.distributed import SequenceParallel, broadcast_object, quiet_other_ranks
+from profilingdit.files import check_output_file, check_output_folder
+from profilingdit.parallel import SequenceParallel, broadcast_object, quiet_other_ranks
 from wan.cache_profiles import default_profile, resolve_profile_path
 from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS
 from wan.configs import MAX_AREA_CONFIGS, is_image_task

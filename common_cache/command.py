@@ -22,11 +22,12 @@ import torch
 from common_cache.cli import cache_profile_from_args, delta_cache_from_args, teacache_from_args
 from common_cache.config import CacheProfile
 from common_cache.delta_cache import DeltaCache
-from common_cache.distributed import shutdown
-from common_cache.files import handle_interrupts, interrupt_exit_code
 from common_cache.policy import CachePolicy, attach_cache
-from common_cache.report import GenerationReport, log_cache_profile, log_cache_summary, write_run_stats
+from common_cache.report import log_cache_profile, log_cache_summary, write_run_stats
 from common_cache.teacache import TeaCache, TeaCacheConfig, log_teacache_summary
+from profilingdit.files import handle_interrupts, interrupt_exit_code
+from profilingdit.parallel import shutdown
+from profilingdit.timing import GenerationReport
 
 FITTED_COEFFICIENTS = "teacache_coefficients.json"  # scripts/fit_teacache.py output kept with the weights
 

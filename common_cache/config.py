@@ -14,8 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from common_cache.files import atomic_path
 from common_cache.schedule import Schedule, UniformSchedule, check_int, schedule_from_dict
+from profilingdit.files import atomic_path
 
 PROFILE_FORMAT = "profilingdit-cache-profile"
 PROFILE_VERSION = 1

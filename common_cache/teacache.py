@@ -46,10 +46,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from common_cache.distributed import all_reduce_mean
 from common_cache.policy import CachePolicy, StepContext
 from common_cache.report import write_run_stats
 from common_cache.runner import Signal, States, call_block
+from profilingdit.parallel import all_reduce_mean
 
 UNCALIBRATED = (1.0, 0.0)  # poly(d) = d: the raw relative L1, used when no fitted coefficients exist
 
@@ -424,7 +424,7 @@ def log_teacache_summary(logger: logging.Logger, cache: TeaCache, report, stats_
     Args:
         logger: where to log.
         cache: the TeaCache of the run.
-        report: the run's :class:`common_cache.GenerationReport`.
+        report: the run's :class:`profilingdit.timing.GenerationReport`.
         stats_path: a JSON path for :meth:`TeaCache.to_dict` plus the timings, or None.
     """
     logger.info("TeaCache %s, coefficients: %s", cache.config.tag(), cache.config.source)

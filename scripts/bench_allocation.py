@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
 from tqdm import tqdm  # noqa: E402
 
 from common_cache import CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig  # noqa: E402
-from common_cache.files import write_json_atomic  # noqa: E402
+from profilingdit.files import write_json_atomic  # noqa: E402
 from common_cache.profiling.budget import video_psnr  # noqa: E402
 
 TASK = "t2v-tiny"

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(ROOT, "HunyuanVideo"))
 from common_cache import (CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig,  # noqa: E402
                           UniformSchedule, attach_cache, detach_cache)
 from hyvideo.cache_profiles import builtin_profile  # noqa: E402
-from common_cache import GenerationReport  # noqa: E402
+from profilingdit.timing import GenerationReport  # noqa: E402
 from hyvideo.diffusion.pipelines import HunyuanVideoPipeline, TextConditions  # noqa: E402
 from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler  # noqa: E402
 from hyvideo.modules import HYVideoDiffusionTransformer, get_rotary_pos_embed  # noqa: E402

@@ -349,7 +349,7 @@ class DiffusersHarness:
 
         ``settings`` are the keyword arguments of ``WanT2V.generate`` (``bench_runner.generation_settings``).
         """
-        from common_cache import DenoiseTimer, GenerationReport
+        from profilingdit.timing import DenoiseTimer, GenerationReport
 
         pipeline = self.pipeline
         start = time.perf_counter()

@@ -35,7 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 from common_cache import attach_cache, detach_cache  # noqa: E402
-from common_cache.distributed import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown  # noqa: E402
+from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown  # noqa: E402
 
 TARGET_RETENTION = 0.90
 

@@ -315,7 +315,7 @@ def check_seed_range(seed: int | None, count: int, shown: str) -> None:
 def check_output_paths(args: argparse.Namespace) -> None:
     """``--out`` (a .json file) and ``--figures`` (a path prefix: ``<prefix>_heatmap.png``...) can be written:
     existing, writable folders. Run before any model is loaded."""
-    from common_cache import check_output_file, check_output_folder
+    from profilingdit.files import check_output_file, check_output_folder
 
     check_output_file("--out", args.out, (".json",))
     prefix = args.figures

@@ -10,13 +10,12 @@ from common_cache import (
     CacheConfig,
     CacheProfile,
     DeltaCache,
-    GenerationReport,
     StreamGroupConfig,
     UniformSchedule,
     attach_cache,
     log_cache_summary,
-    saved_calls_text,
 )
+from profilingdit.timing import GenerationReport, saved_calls_text
 
 
 def test_measured_speedup_from_full_step_times():

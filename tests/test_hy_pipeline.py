@@ -16,7 +16,7 @@ from hy_ckpt_vae import tiny_vae_config, write_vae_checkpoint
 from common_cache import CacheConfig, DeltaCache, StreamGroupConfig, UniformSchedule, attach_cache, detach_cache
 from hyvideo.cache_profiles import builtin_profile
 from hyvideo.config import parse_args
-from common_cache import GenerationReport
+from profilingdit.timing import GenerationReport
 from hyvideo.diffusion.pipelines import HunyuanVideoPipeline, TextConditions
 from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler
 from hyvideo.inference import HunyuanVideoSampler, _offload

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from cli_runs import GENERATE, ROOT, files_under
-from common_cache import Interrupted, atomic_path, handle_interrupts
+from profilingdit.files import Interrupted, atomic_path, handle_interrupts
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -48,7 +48,7 @@ def test_generate_terminated_while_denoising_leaves_nothing(tmp_path):
 WRITER = textwrap.dedent("""
     import glob, os, signal, sys, threading, time
     import torch
-    from common_cache import handle_interrupts, interrupt_exit_code
+    from profilingdit.files import handle_interrupts, interrupt_exit_code
     from wan.utils.utils import cache_video
 
     folder, signum = sys.argv[1], int(sys.argv[2])

@@ -8,7 +8,7 @@ loop under each cache policy; the worker (this file under torchrun) gathers ever
   tokens, i.e. from this rank's shard. The shards below change at different rates (1% and 10% per step), so a
   decision taken from the local shard differs between the ranks: in a real model one rank would skip its blocks
   while the other waits inside their attention for it (a hang). The metric must be reduced over the group with
-  ``common_cache.distributed.all_reduce_mean`` before ``.item()``; then both ranks decide alike.
+  ``profilingdit.parallel.all_reduce_mean`` before ``.item()``; then both ranks decide alike.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _decisions(cache, rank: int) -> list[list[int]]:
 
 
 def _worker(out_path: str) -> None:
-    from common_cache.distributed import shutdown
+    from profilingdit.parallel import shutdown
 
     torch.distributed.init_process_group("gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()

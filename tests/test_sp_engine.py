@@ -18,7 +18,7 @@ import sys
 import pytest
 import torch
 
-from common_cache.distributed import (
+from profilingdit.parallel import (
     LaunchEnv,
     ParallelDegrees,
     all_reduce_mean,
@@ -159,7 +159,7 @@ def _hunyuan_error(sp) -> float:
 
 
 def _worker(out_path: str, layouts: list[str]) -> None:
-    from common_cache.distributed import init_sequence_parallel, shutdown
+    from profilingdit.parallel import init_sequence_parallel, shutdown
 
     env = LaunchEnv.from_environ()
     result = {}

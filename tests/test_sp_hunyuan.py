@@ -72,7 +72,7 @@ def _generate(sampler, args, profile, cached: bool, decode: bool):
 
 def _worker(root: str, profile_file: str, out_path: str, layouts: list[str]) -> None:
     from common_cache import CacheProfile
-    from common_cache.distributed import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
+    from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
     from hyvideo.config import parse_args
 
     env = LaunchEnv.from_environ()
@@ -164,7 +164,7 @@ def test_invalid_layouts_fail_before_any_process_group(ckpts, tmp_path, caplog, 
 def test_checkpoint_head_count_is_checked_when_parallelizing():
     from hy_ckpt_dit import make_tiny_dit
 
-    from common_cache.distributed import ParallelDegrees, SequenceParallel
+    from profilingdit.parallel import ParallelDegrees, SequenceParallel
     from hyvideo.parallel import parallelize_transformer
 
     sp = SequenceParallel(ParallelDegrees(4, 1), rank=0, device=torch.device("cpu"), attention_module=None)

@@ -60,7 +60,7 @@ def _generate(pipeline, profile, cached: bool):
 
 def _worker(ckpt: str, profile_file: str, out_path: str, layouts: list[str]) -> None:
     from common_cache import CacheProfile
-    from common_cache.distributed import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
+    from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
     from wan.configs import WAN_CONFIGS
     from wan.text2video import WanT2V
 

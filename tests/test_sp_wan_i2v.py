@@ -52,7 +52,7 @@ def _worker(ckpt: str, image_path: str, profile_file: str, out_path: str, layout
     from test_sp_engine import write_layout_results
 
     from common_cache import CacheProfile
-    from common_cache.distributed import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
+    from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
     from wan.configs import WAN_CONFIGS
     from wan.image2video import WanI2V, load_image
 

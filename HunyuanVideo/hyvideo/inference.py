@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common_cache import load_component
+from profilingdit.files import load_component
 
 from .constants import NEGATIVE_PROMPT, PRECISION_TO_TYPE, PROMPT_TEMPLATE
 from .diffusion.pipelines import HunyuanVideoPipeline

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from common_cache.distributed import (
+from profilingdit.parallel import (
     LaunchEnv,
     ParallelDegrees,
     SequenceParallel,

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common_cache import GenerationReport, load_component
+from profilingdit.files import load_component
+from profilingdit.timing import GenerationReport
 
 from .modules.clip import CLIPModel
 from .text2video import WanT2V

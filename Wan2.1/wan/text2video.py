@@ -20,7 +20,9 @@ import sys
 import time
 import torch
 
-from common_cache import DenoiseTimer, GenerationReport, load_component, step_context
+from common_cache import step_context
+from profilingdit.files import load_component
+from profilingdit.timing import DenoiseTimer, GenerationReport
 
 from .distributed import parallelize_wan_model
 from .modules.checkpoint import check_weight_files, load_wan_model

@@ -19,7 +19,7 @@ import imageio
 import numpy as np
 import torch
 
-from common_cache import atomic_path, safe_name_part
+from profilingdit.files import atomic_path, safe_name_part
 
 GRID_PADDING = 2
 
@@ -27,9 +27,9 @@ GRID_PADDING = 2
 def video_file_name(save_path: str, seed: int, prompt: str, now: datetime | None = None) -> str:
     """Upstream's output path: ``{save_path}/{%Y-%m-%d-%H:%M:%S}_seed{seed}_{prompt[:100] without '/'}.mp4``.
 
-    Unlike upstream, the prompt part is made safe for file systems (:func:`common_cache.safe_name_part`: whitespace,
-    newlines, quotes, ``*``, ``?``, ``\\`` ... become ``_``) and kept within 200 UTF-8 bytes, so that any prompt gives a
-    valid name under the 255-byte limit.
+    Unlike upstream, the prompt part is made safe for file systems (:func:`profilingdit.files.safe_name_part`:
+    whitespace, newlines, quotes, ``*``, ``?``, ``\\`` ... become ``_``) and kept within 200 UTF-8 bytes, so that
+    any prompt gives a valid name under the 255-byte limit.
     """
     stamp = (now or datetime.now()).strftime("%Y-%m-%d-%H:%M:%S")
     return f"{save_path}/{stamp}_seed{seed}_{safe_name_part(prompt[:100].replace('/', ''), 100, 200)}.mp4"

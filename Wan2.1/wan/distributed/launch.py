@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common_cache.distributed import (
+from profilingdit.parallel import (
     LaunchEnv,
     ParallelDegrees,
     SequenceParallel,

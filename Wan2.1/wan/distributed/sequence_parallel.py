@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from common_cache.distributed import SequenceParallel, check_heads
+from profilingdit.parallel import SequenceParallel, check_heads
 
 from ..modules.model import WanModel
 
@@ -36,7 +36,7 @@ def parallelize_wan_model(model: WanModel, sp: SequenceParallel, flag: str = "--
 
     Args:
         model: the DiT, identical on every rank.
-        sp: the engine from :func:`common_cache.distributed.init_sequence_parallel`.
+        sp: the engine from :func:`profilingdit.parallel.init_sequence_parallel`.
         flag: the command line's name of the Ulysses degree (for the messages).
 
     Raises:

@@ -15,7 +15,7 @@ from datetime import datetime
 import imageio
 import torch
 
-from common_cache import atomic_path, safe_name_part
+from profilingdit.files import atomic_path, safe_name_part
 
 __all__ = ["str2bool", "cache_video", "video_to_frames", "make_frame_grid", "default_save_file"]
 
@@ -168,7 +168,7 @@ def default_save_file(task, size, ulysses_size, ring_size, prompt, now=None):
     `{task}_{size}_{ulysses}_{ring}_{prompt[:50] with ' ' and '/' -> '_'}_{%Y%m%d_%H%M%S}.mp4` (`.png` for t2i
     tasks). Two differences to upstream, both so that every prompt gives a valid name: the `*` of the size is
     always written `x` (upstream does so on Windows only; `*` is invalid on Windows, exFAT and SMB shares and a
-    wildcard in shells), and the prompt part goes through `common_cache.safe_name_part` (newlines, tabs, quotes,
+    wildcard in shells), and the prompt part goes through `profilingdit.files.safe_name_part` (newlines, tabs, quotes,
     `* ? : < > | \\` become `_`; at most 200 UTF-8 bytes, so that CJK or emoji prompts stay under the 255-byte limit).
 
     Args:

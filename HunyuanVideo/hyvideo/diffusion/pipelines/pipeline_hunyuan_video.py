@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from common_cache import DenoiseTimer, GenerationReport, step_context
+from common_cache import step_context
+from profilingdit.timing import DenoiseTimer, GenerationReport
 
 CFG_BRANCH = "cond+uncond"
 
