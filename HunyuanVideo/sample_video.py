@@ -21,8 +21,6 @@ import random
 import sys
 import time
 
-import torch
-
 from common_cache.command import RunPolicy, init_logging, policy_from_args, run_command, uncalibrated
 from common_cache.teacache import hunyuan_teacache_config
 from profilingdit.files import check_output_file, check_output_folder
@@ -30,7 +28,7 @@ from profilingdit.parallel import SequenceParallel, broadcast_object, quiet_othe
 from hyvideo.cache_profiles import builtin_profile
 from hyvideo.config import parse_args
 from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG
-from hyvideo.parallel import init_parallel, parallelize_transformer
+from hyvideo.parallel import init_parallel
 from hyvideo.utils.file_utils import save_videos_grid, video_file_name
 
 logger = logging.getLogger("sample_video")
@@ -61,35 +59,6 @@ def resolve_policy(args: argparse.Namespace) -> RunPolicy:
         weights_dir=os.path.dirname(args.dit_weight) if args.dit_weight else None, dash="-", logger=logger)
 
 
-def model_base(args: argparse.Namespace) -> str:
-    """The checkpoint root: ``MODEL_BASE`` from the environment when set, else ``--model-base`` (as upstream)."""
-    from hyvideo.inference import model_base as checkpoint_root
-
-    return checkpoint_root(args)
-
-
-def load_sampler(args: argparse.Namespace, policy: RunPolicy | None = None, sp: SequenceParallel | None = None):
-    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the run's cache
-    ``policy`` attached), then the other components. Returns the ``HunyuanVideoSampler``."""
-    # hyvideo.inference pulls in diffusers and transformers (seconds): imported only once the checks have passed
-    from hyvideo.inference import HunyuanVideoSampler, RunPrecisions, check_checkpoint_pieces, load_transformer
-
-    root = model_base(args)
-    paths = check_checkpoint_pieces(args, root)
-    device = sp.device if sp is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    precisions = RunPrecisions.from_args(args, device)
-    if device.type == "cpu":
-        logger.info("running on the CPU: every component in fp32 (--precision %s, --text-encoder-precision %s, "
-                    "--vae-precision %s apply on CUDA only)", args.precision, args.text_encoder_precision,
-                    args.vae_precision)
-    transformer = load_transformer(args, paths["dit_weight"], device, precisions.dit)
-    if sp is not None:
-        parallelize_transformer(transformer, sp)  # refuses a head count the Ulysses degree does not divide
-    if policy is not None:
-        policy.attach(transformer, logger)  # refuses a profile made for another depth
-    return HunyuanVideoSampler.from_pretrained(root, args, device=device, transformer=transformer)
-
-
 def save_samples(args: argparse.Namespace, outputs: dict) -> list[str]:
     """Writes each video with the official name into ``--save-path`` (``_{--save-path-suffix}``)."""
     save_path = args.save_path if args.save_path_suffix == "" else f"{args.save_path}_{args.save_path_suffix}"
@@ -112,6 +81,9 @@ def generate(args: argparse.Namespace, sp: SequenceParallel | None = None) -> li
         args.seed = random.randint(0, SEED_RANGE) if args.seed is None else args.seed
         args.seed, args.prompt, args.neg_prompt = broadcast_object((args.seed, args.prompt, args.neg_prompt))
     policy = resolve_policy(args)
+    # hyvideo.inference pulls in diffusers and transformers (seconds): imported only once the checks have passed
+    from hyvideo.inference import load_sampler
+
     start = time.perf_counter()
     sampler = load_sampler(args, policy, sp)
     load_seconds = time.perf_counter() - start

@@ -25,24 +25,21 @@ import time
 import numpy as np
 import torch
 
+from profilingdit.metrics import video as video_metrics
+from wan.cache_profiles import builtin_profile_path
+from wan.configs import WAN_CONFIGS
+from wan.text2video import WanT2V
+from wan.tiny import adherence, data, sheet
+
+from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import video_metrics  # noqa: E402
-from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache  # noqa: E402
-from wan.cache_profiles import builtin_profile_path  # noqa: E402
-from wan.configs import WAN_CONFIGS  # noqa: E402
-from wan.text2video import WanT2V  # noqa: E402
-from wan.tiny import adherence, data, sheet  # noqa: E402
-
 TASK = "t2v-tiny"
 
 
 def fidelity(cached: np.ndarray, full: np.ndarray, name: str) -> dict[str, float]:
     """PSNR (from the whole video's MSE) and SSIM of the cached video against the full one, on the uint8 frames
-    that go into the mp4, by the project's metrics tool (as scripts/bench_runner.py reports them)."""
+    that go into the mp4, by the project's metrics tool (as scripts/bench/runner.py reports them)."""
     metrics = video_metrics.compare(video_metrics.as_uint8_video(full), video_metrics.as_uint8_video(cached), name)
     return {"psnr": metrics["psnr_video"], "ssim": metrics["ssim"]}
 

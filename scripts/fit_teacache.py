@@ -34,11 +34,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_runner import generation_settings, load_pipeline, read_prompts  # noqa: E402
-from common_cache import CacheStats, attach_cache, call_block, detach_cache  # noqa: E402
-from common_cache.teacache import COEFFICIENTS_FORMAT, relative_l1  # noqa: E402
+from common_cache import CacheStats, attach_cache, call_block, detach_cache
+from common_cache.teacache import COEFFICIENTS_FORMAT, relative_l1
+from profilingdit.bench.runner import generation_settings, load_pipeline, read_prompts
 
 INDICATORS = {"e": (1, 1), "e0": (5, 0)}  # indicator -> (forced first steps, forced last steps) of its mode
 

@@ -30,23 +30,8 @@ import shlex
 import sys
 import time
 
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(SCRIPTS)
-for _path in (os.path.join(ROOT, "HunyuanVideo"), SCRIPTS):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import sample_video  # noqa: E402
-from common_cache.profiling import (  # noqa: E402
-    ProfileStatistics,
-    ProfilingRecorder,
-    build_profile,
-    plot_heatmap,
-)
-from hyvideo.config import (  # noqa: E402
+import torch
+from hyvideo.config import (
     add_denoise_schedule_args,
     add_extra_models_args,
     add_inference_args,
@@ -54,20 +39,29 @@ from hyvideo.config import (  # noqa: E402
     add_parallel_args,
     sanity_check_args,
 )
-from hyvideo.inference import SEED_RANGE, component_paths  # noqa: E402
-from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG  # noqa: E402
-from hyvideo.profiling import HunyuanProfiling  # noqa: E402
-from common_cache.profiling.budget import budgeted_profile  # noqa: E402
-from profile_common import (  # noqa: E402
+from hyvideo.inference import SEED_RANGE, component_paths, load_sampler, model_base
+from hyvideo.modules.models import HUNYUAN_VIDEO_CONFIG
+from hyvideo.profiling import HunyuanProfiling
+from tqdm import tqdm
+
+from common_cache.profiling import (
+    ProfileStatistics,
+    ProfilingRecorder,
+    build_profile,
+    plot_heatmap,
+)
+from common_cache.profiling.budget import budgeted_profile
+from profilingdit.profiling_cli import (
     add_budget_args,
     add_decision_args,
     add_mask_args,
+    budget_generations,
     check_budget_args,
     check_decision_flags,
+    check_mask_flags,
     check_output_paths,
     check_seed_range,
     cli_main,
-    check_mask_flags,
     make_mask_provider,
     make_settings,
     plot_refresh_schedules,
@@ -76,7 +70,6 @@ from profile_common import (  # noqa: E402
     resolve_prompts,
     run_key,
     run_metadata,
-    budget_generations,
     save_budgeted_profile,
     write_json_atomic,
 )
@@ -225,7 +218,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     statistics = None if data is None else ProfileStatistics.from_dict(data["statistics"])
     args.base_seed = data["seed"] if data else draw_seed(args.seed)
     start = time.perf_counter()
-    sampler = sample_video.load_sampler(args, None)
+    sampler = load_sampler(args, None)
     depths = sampler.model.stream_group_depths()
     if args.dit_config is not None:
         check_cache_k(args, depths)
@@ -252,7 +245,7 @@ def run_budgeted(args: argparse.Namespace, argv: list[str]) -> int:
 
     start = time.perf_counter()
     args.base_seed = draw_seed(args.seed)
-    sampler = sample_video.load_sampler(args, None)
+    sampler = load_sampler(args, None)
     seeds = [args.base_seed + i for i in range(len(args.prompts))]
 
     def generate(policy, prompt: str, seed: int):
@@ -336,7 +329,7 @@ def write_outputs(args: argparse.Namespace, statistics: ProfileStatistics, depth
     """The profile JSON, one heatmap per profiled group and the step-change curve."""
     metadata = {
         "model": model_name(args),
-        "dit_weight": component_paths(args, sample_video.model_base(args))["dit_weight"],
+        "dit_weight": component_paths(args, model_base(args))["dit_weight"],
         "dit_config": args.dit_config,
         "depths": dict(depths), "groups": list(args.groups), "video_size": list(args.video_size),
         "video_length": args.video_length, "flow_shift": args.flow_shift, "flow_reverse": args.flow_reverse,

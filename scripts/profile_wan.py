@@ -24,23 +24,28 @@ import shlex
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))  # profile_common, also when this file is loaded by path
+from tqdm import tqdm
+from wan.configs import MAX_AREA_CONFIGS, SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS, is_image_task
+from wan.modules.model import ROPE_MAX_POSITIONS
+from wan.profiling import (
+    classifier_free_guidance,
+    profile_prompts,
+    run_with_cache,
+)
+from wan.text2video import SAMPLE_SOLVERS
 
-from tqdm import tqdm  # noqa: E402
-
-from common_cache.profiling import (  # noqa: E402
+from common_cache.profiling import (
     ProfileStatistics,
     ProfilingRecorder,
     build_profile,
     plot_heatmap,
 )
-from common_cache.profiling.budget import budgeted_profile  # noqa: E402
-from profile_common import (  # noqa: E402
+from common_cache.profiling.budget import budgeted_profile
+from profilingdit.profiling_cli import (
     add_budget_args,
     add_decision_args,
     add_mask_args,
+    budget_generations,
     check_budget_args,
     check_decision_flags,
     check_output_paths,
@@ -52,28 +57,17 @@ from profile_common import (  # noqa: E402
     plot_refresh_schedules,
     profile_or_resume_later,
     run_metadata,
-    budget_generations,
     save_budgeted_profile,
     write_json_atomic,
 )
-from profile_common import resolve_prompts as resolve_prompt_flags  # noqa: E402
-from profile_common import run_key as resume_key  # noqa: E402
-from wan.configs import SIZE_CONFIGS, SUPPORTED_SIZES, WAN_CONFIGS  # noqa: E402
-from wan.configs import MAX_AREA_CONFIGS, is_image_task  # noqa: E402
-from wan.modules.model import ROPE_MAX_POSITIONS  # noqa: E402
-from wan.profiling import (  # noqa: E402
-    classifier_free_guidance,
-    profile_prompts,
-    run_with_cache,
-)
-from wan.text2video import SAMPLE_SOLVERS  # noqa: E402
+from profilingdit.profiling_cli import resolve_prompts as resolve_prompt_flags
+from profilingdit.profiling_cli import run_key as resume_key
 
 MODEL_NAMES = {"t2v-14B": "Wan2.1-T2V-14B", "t2v-1.3B": "Wan2.1-T2V-1.3B", "t2v-tiny": "Wan2.1-T2V-tiny",
                "i2v-14B": "Wan2.1-I2V-14B"}
 RESUME_KEYS = ("task", "image", "size", "frame_num", "sample_solver", "sample_steps", "sample_shift",
                "sample_guide_scale", "base_seed", "prompts", "mask_provider", "mask_source", "mask_method",
                "mask_videos", "mask_pooling", "threshold", "attention_every", "reuse_every", "interval", "warmup")
-TINY_PROMPT_SEED = 1234  # training-split captions of wan/tiny/data.py (evaluation uses the held-out split)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -183,13 +177,9 @@ def check_cache_k(args: argparse.Namespace, depth: int) -> None:
 
 
 def resolve_prompts(args: argparse.Namespace) -> list[str]:
-    return resolve_prompt_flags(args, "_", defaults=tiny_prompts if args.task == "t2v-tiny" else None)
+    from wan.tiny.data import profiling_prompts
 
-
-def tiny_prompts(count: int | None) -> list[str]:
-    from wan.tiny.data import caption, sample_spec
-
-    return [caption(sample_spec(TINY_PROMPT_SEED, i)) for i in range(count or 8)]
+    return resolve_prompt_flags(args, "_", defaults=profiling_prompts if args.task == "t2v-tiny" else None)
 
 
 def run_key(args: argparse.Namespace) -> dict:

@@ -28,17 +28,28 @@ import statistics as stats
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import numpy as np
+import torch
+from wan.cache_profiles import builtin_profile_path
+from wan.configs import SIZE_CONFIGS, WAN_CONFIGS
+from wan.profiling import classifier_free_guidance, profile_prompts
+from wan.text2video import WanT2V
+from wan.tiny.adherence import as_unit_video, colour_labels
+from wan.tiny.data import caption, eval_specs, render, sample_spec, to_model_range
+from wan.utils.fm_solvers_unipc import FlowUniPCMultistepScheduler
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import video_metrics  # noqa: E402
-from common_cache import CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig  # noqa: E402
-from common_cache import UniformSchedule, attach_cache, detach_cache, parse_int_list  # noqa: E402
-from common_cache.profiling import (  # noqa: E402
+from common_cache import (
+    CacheConfig,
+    CacheProfile,
+    DeltaCache,
+    StepListSchedule,
+    StreamGroupConfig,
+    UniformSchedule,
+    attach_cache,
+    detach_cache,
+    parse_int_list,
+)
+from common_cache.profiling import (
     PCAMaskProvider,
     ProfilingRecorder,
     StepView,
@@ -49,12 +60,7 @@ from common_cache.profiling import (  # noqa: E402
     split_blocks,
     uniform_refresh_count,
 )
-from wan.configs import SIZE_CONFIGS, WAN_CONFIGS  # noqa: E402
-from wan.profiling import classifier_free_guidance, profile_prompts  # noqa: E402
-from wan.text2video import WanT2V  # noqa: E402
-from wan.tiny.adherence import as_unit_video, colour_labels  # noqa: E402
-from wan.tiny.data import caption, eval_specs, render, sample_spec, to_model_range  # noqa: E402
-from wan.utils.fm_solvers_unipc import FlowUniPCMultistepScheduler  # noqa: E402
+from profilingdit.metrics import video as video_metrics
 
 TASK = "t2v-tiny"
 PROFILING_PROMPT_SEED = 1234  # scripts/profile_wan.py's default t2v-tiny prompts (training split)
@@ -306,7 +312,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=6)
     parser.add_argument("--num_specs", type=int, default=6, help="masks: held-out videos")
     parser.add_argument("--step_stride", type=int, default=5, help="masks (a): every n-th sampler step")
-    parser.add_argument("--profile", default=os.path.join(ROOT, "Wan2.1", "wan", "cache_profiles", f"{TASK}.json"))
+    parser.add_argument("--profile", default=builtin_profile_path(TASK))
     parser.add_argument("--num_prompts", type=int, default=8, help="compare: held-out prompts")
     parser.add_argument("--random_lists", type=int, default=10)
     parser.add_argument("--interval", type=int, default=6)

@@ -6,7 +6,8 @@ Imports SCRIPT's modules once (its top level runs under the name ``__zygote__``,
 one JSON request per line from stdin: ``{"args": [...], "cwd": ..., "env": {...}, "output": PATH}``. For each it
 forks; the child changes to ``cwd``, updates the environment, sends fd 1 and 2 to ``output`` and runs SCRIPT as
 ``__main__`` with ``sys.argv = [SCRIPT, *args]`` (exactly what ``python SCRIPT args`` runs, minus the imports,
-which are already done); an uncaught exception prints its traceback, as the interpreter would. The zygote answers
+which are already done; every script imports only installed packages, so its folder need not be on the import
+path); an uncaught exception prints its traceback, as the interpreter would. The zygote answers
 ``{"pid": ...}`` when the child starts and ``{"returncode": ...}`` when it ends (negative: killed by that signal).
 
 Why: a refused input is answered in well under a second, but a cold start imports torch (2-3 s of CPU), which
@@ -54,8 +55,7 @@ def run_child(script: str, request: dict) -> None:
 
 def main() -> None:
     script = os.path.abspath(sys.argv[1])
-    sys.path.insert(0, os.path.dirname(script))  # as `python SCRIPT` does
-    runpy.run_path(script, run_name="__zygote__")
+    runpy.run_path(script, run_name="__zygote__")  # its imports come from the installed packages, as in a real run
     answer = sys.stdout
     for line in sys.stdin:
         request = json.loads(line)

@@ -1,17 +1,9 @@
-"""Test set-up: the model folders are run from inside (like the official repos), so put them (and the scripts) on
-sys.path."""
-
-import os
-import sys
+"""Test set-up: deterministic torch and the one-thread fixture. The packages (``wan``, ``hyvideo``,
+``common_cache``, ``profilingdit``) come from the install (``pip install -r requirements.txt``); entry scripts are
+loaded by path (``scripts_loader.load_script``)."""
 
 import pytest
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for sub in ("", "Wan2.1", "HunyuanVideo", "scripts"):
-    path = os.path.join(ROOT, sub)
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 
 @pytest.fixture(autouse=True)

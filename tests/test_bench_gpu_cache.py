@@ -1,22 +1,15 @@
-"""scripts/bench_gpu_cache.py: a budgeted tiny-model profile is applied to a deeper model without changing its
+"""scripts/bench/gpu_cache.py: a budgeted tiny-model profile is applied to a deeper model without changing its
 schedule; profiles that cannot be mapped are refused with the depths named."""
 
-import importlib.util
-import os
-
 import pytest
+from scripts_loader import load_script
 from wan.cache_profiles import builtin_profile_path, resolve_profile_path
 
 from common_cache import CacheProfile, DeltaCache
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("bench_gpu_cache", os.path.join(ROOT, "scripts", "bench_gpu_cache.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/bench/gpu_cache.py", "bench_gpu_cache")
 
 
 def test_whole_stack_profile_keeps_steps_and_weights_at_depth_30():

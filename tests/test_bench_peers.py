@@ -1,4 +1,5 @@
-"""The diffusers peer harness of the benchmark runner (bench_peers.py) on a random t2v-tiny checkpoint."""
+"""The diffusers peer harness of the benchmark runner (profilingdit.bench.peers) on a random t2v-tiny
+checkpoint."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ import os
 
 import numpy as np
 import pytest
-
-import bench_peers
-import bench_runner
-import video_metrics
+from scripts_loader import load_script
 from wan_ckpt_dit import write_random_wan_folder
+
+from profilingdit.bench import peers as bench_peers
+from profilingdit.bench import runner as bench_runner
+from profilingdit.metrics import video as video_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,7 +38,8 @@ def setup(ckpt_dir, tmp_path_factory) -> dict:
     """Our pipeline, the harness (cache-dit imported), the generation settings and both full runs."""
     out = str(tmp_path_factory.mktemp("peers"))
     pipeline, _ = bench_runner.load_pipeline(TASK, ckpt_dir)
-    args = bench_runner.parse_args(["--sample_steps", str(STEPS)])
+    runner_cli = load_script("scripts/bench/runner.py", "bench_runner_cli")
+    args = runner_cli.parse_args(["--sample_steps", str(STEPS)])
     settings = bench_runner.generation_settings(pipeline, args)
     harness = bench_peers.DiffusersHarness(pipeline, ["dfull", "dbcache"], out, TASK)
     _, full_frames, _, _ = bench_runner.generate(pipeline, None, PROMPT, 3, settings)
@@ -161,12 +164,12 @@ def test_guidance_branches_never_share_cache_state(setup, monkeypatch):
 
 
 def test_mag_ratios_come_from_profiling_prompts_and_are_cached(setup, monkeypatch):
-    from profile_wan import tiny_prompts
+    from wan.tiny.data import profiling_prompts
 
     harness, settings = setup["harness"], setup["settings"]
     ratios = harness.calibrate_mag(settings)
     data = json.load(open(os.path.join(setup["out"], bench_peers.MAG_RATIOS_FILE)))
-    assert data["key"]["prompts"] == tiny_prompts(bench_peers.MAG_CALIBRATION_PROMPTS)
+    assert data["key"]["prompts"] == profiling_prompts(bench_peers.MAG_CALIBRATION_PROMPTS)
     assert not set(data["key"]["prompts"]) & set(bench_runner.default_prompts(60))  # never evaluation prompts
     assert len(ratios) == STEPS and ratios[0] == 1.0 and all(r > 0 for r in ratios)
     curves = np.array(data["branches"]["cond"] + data["branches"]["uncond"])
@@ -184,7 +187,7 @@ def test_runner_records_peers_against_dfull(ckpt_dir, tmp_path):
     out = str(tmp_path / "bench")
     argv = ["--task", TASK, "--ckpt_dir", ckpt_dir, "--prompts", str(prompts), "--sample_steps", str(STEPS),
             "--modes", "full,fbc:0.5,taylorlite:3", "--out_dir", out, "--warmup", "0", "--seeds", "3"]
-    assert bench_runner.main(argv) == 0
+    assert load_script("scripts/bench/runner.py", "bench_runner_cli").main(argv) == 0
     runs = {r["mode"]: r for r in bench_runner.read_runs(os.path.join(out, "runs.jsonl"))}
     assert list(runs) == ["full", "dfull", "fbc-0.5", "taylorlite-3"]
     assert runs["dfull"]["conversion_psnr"] > 60.0 and runs["dfull"]["speed_vs_full"] > 0

@@ -10,17 +10,17 @@ import sys
 
 import numpy as np
 import pytest
-
-from common_cache import CacheConfig, CacheProfile, StreamGroupConfig, UniformSchedule
-from common_cache.teacache import load_coefficients
+from scripts_loader import load_script
 from wan.configs import WAN_CONFIGS
 from wan_ckpt_dit import write_random_wan_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from common_cache import CacheConfig, CacheProfile, StreamGroupConfig, UniformSchedule
+from common_cache.teacache import load_coefficients
+from profilingdit.bench import runner as bench_runner
 
-import bench_runner  # noqa: E402
-import fit_teacache  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+runner_cli = load_script("scripts/bench/runner.py", "bench_runner_cli")
+fit_teacache = load_script("scripts/fit_teacache.py")
 
 TASK = "t2v-tiny"
 STEPS = "6"
@@ -65,7 +65,7 @@ def bench(ckpt_dir, inputs, tmp_path_factory) -> dict:
     argv = ["--task", TASK, "--ckpt_dir", ckpt_dir, "--prompts", inputs["prompts"], "--sample_steps", STEPS,
             "--modes", "full,delta,tea", "--teacache_thresh", "0", "2", "--cache_profile", inputs["profile"],
             "--out_dir", out, "--warmup", "0"]
-    assert bench_runner.main(argv) == 0
+    assert runner_cli.main(argv) == 0
     return {"out": out, "argv": argv}
 
 
@@ -98,24 +98,24 @@ def test_benchmark_records_every_run_with_speed_calls_and_fidelity(bench):
 def test_benchmark_is_resumable_and_summarises(bench):
     jsonl = os.path.join(bench["out"], "runs.jsonl")
     before = open(jsonl).read()
-    assert bench_runner.main(bench["argv"]) == 0  # everything done: nothing runs again
+    assert runner_cli.main(bench["argv"]) == 0  # everything done: nothing runs again
     assert open(jsonl).read() == before
     table = open(os.path.join(bench["out"], "summary.md")).read()
     assert table.splitlines()[0].startswith("| mode | runs | latency (s) | speedup |")
     assert "| full | 2 |" in table and "| tea-0 | 2 |" in table and "| inf |" in table
     plot = os.path.join(bench["out"], "plot.png")
-    assert bench_runner.main(["--out_dir", bench["out"], "--summarize_only", "--plot", plot]) == 0
+    assert runner_cli.main(["--out_dir", bench["out"], "--summarize_only", "--plot", plot]) == 0
     assert open(plot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     summary = json.load(open(os.path.join(bench["out"], "summary.json")))
     assert [s["mode"] for s in summary] == ["full", "delta", "tea-0", "tea-2"]
 
 
 def test_benchmark_input_errors(tmp_path, capsys):
-    assert bench_runner.main(["--out_dir", str(tmp_path), "--summarize_only"]) == 2
+    assert runner_cli.main(["--out_dir", str(tmp_path), "--summarize_only"]) == 2
     assert "no runs in" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    assert bench_runner.main(["--prompts", str(empty), "--out_dir", str(tmp_path)]) == 2
+    assert runner_cli.main(["--prompts", str(empty), "--out_dir", str(tmp_path)]) == 2
     assert "holds no prompt" in capsys.readouterr().err
 
 
@@ -166,8 +166,7 @@ def test_generate_runs_teacache_with_fitted_coefficients(ckpt_dir, fitted, tmp_p
 
 
 def test_generate_refuses_two_cache_policies(ckpt_dir, caplog):
-    from generate import main
-
+    main = load_script("Wan2.1/generate.py").main
     argv = ["--task", TASK, "--ckpt_dir", ckpt_dir, "--teacache_thresh", "0.1", "--delta_cache"]
     assert main(argv) == 2
     assert "--teacache_thresh and --delta_cache/--cache_profile exclude each other" in caplog.text
@@ -175,8 +174,6 @@ def test_generate_refuses_two_cache_policies(ckpt_dir, caplog):
 
 def test_named_delta_modes_load_built_in_profiles():
     import argparse
-
-    import bench_runner
 
     modes = bench_runner.parse_modes("full,delta:t2v-tiny-4x,delta", [])
     assert [(m.name, m.kind) for m in modes] == [("full", "full"), ("delta:t2v-tiny-4x", "delta"), ("delta", "delta")]
@@ -187,8 +184,6 @@ def test_named_delta_modes_load_built_in_profiles():
 
 
 def test_upper_envelope_interpolates_the_concave_hull_and_respects_faster_points():
-    import bench_runner
-
     points = [(1.5, 44.0), (2.0, 42.0), (3.0, 30.0), (2.5, 33.0), (4.0, 28.0)]
     # hull: (1.5, 44) -> (2, 42) -> (4, 28); (2.5, 33) and (3, 30) lie under it (38.5 and 35 there)
     assert bench_runner.upper_envelope(points, 2.5) == pytest.approx(38.5)
@@ -198,8 +193,6 @@ def test_upper_envelope_interpolates_the_concave_hull_and_respects_faster_points
 
 
 def test_envelope_lines_give_each_of_our_modes_its_margin_over_the_peers():
-    import bench_runner
-
     summary = [{"mode": "full", "reference": None, "cpu_speedup": 1.0, "psnr": None},
                {"mode": "delta:x", "reference": "full", "cpu_speedup": 2.0, "psnr": 45.0},
                {"mode": "fbc-0.1", "reference": "dfull", "cpu_speedup": 1.5, "psnr": 44.0},

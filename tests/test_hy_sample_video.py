@@ -22,11 +22,13 @@ from hy_ckpt_dit import make_tiny_dit, write_dit_checkpoint
 from hy_ckpt_text import write_text_encoders
 from hy_ckpt_vae import tiny_vae_config, write_vae_checkpoint
 
-import sample_video
 from common_cache import CacheConfig, CacheProfile, StepListSchedule, StreamGroupConfig, UniformSchedule
 from hyvideo.config import parse_args
-from video_metrics import psnr_video as psnr  # uint8 frames, PSNR from the MSE over the whole video
-from video_metrics import read_video as read_frames  # [F, H, W, 3] uint8
+from profilingdit.metrics.video import psnr_video as psnr  # uint8 frames, PSNR from the whole video's MSE
+from profilingdit.metrics.video import read_video as read_frames  # [F, H, W, 3] uint8
+from scripts_loader import load_script
+
+sample_video = load_script("HunyuanVideo/sample_video.py")
 
 HY_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "HunyuanVideo")
 DOUBLE, SINGLE, STEPS = 3, 6, 8

@@ -1,22 +1,22 @@
-"""scripts/video_metrics.py on synthetic videos: PSNR/SSIM by hand, against scikit-image, input checks, the CLI."""
+"""profilingdit.metrics.video and scripts/video_metrics.py on synthetic videos: PSNR/SSIM by hand, against
+scikit-image, input checks, the CLI."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from scripts_loader import load_script
 from skimage.metrics import structural_similarity
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+from profilingdit.metrics import lpips_alex
+from profilingdit.metrics import video as vm
 
-import lpips_alex  # noqa: E402
-import video_metrics as vm  # noqa: E402
+video_metrics_cli = load_script("scripts/video_metrics.py")
 
 
 def video(frames=4, size=32, seed=0, low=0, high=200) -> np.ndarray:
@@ -137,7 +137,8 @@ def test_cli_pairs_folders_and_writes_json_and_markdown(tmp_path, capsys):
     iio.imwrite(test_dir / "b.mp4", ref, plugin="pyav", codec="libx264", fps=8)
     np.save(test_dir / "only_here.npy", ref)
     out_json, out_md = tmp_path / "m.json", tmp_path / "m.md"
-    assert vm.main(["--ref", str(ref_dir), "--test", str(test_dir), "--json", str(out_json), "--md", str(out_md)]) == 0
+    argv = ["--ref", str(ref_dir), "--test", str(test_dir), "--json", str(out_json), "--md", str(out_md)]
+    assert video_metrics_cli.main(argv) == 0
     result = json.loads(out_json.read_text())
     assert [p["name"] for p in result["pairs"]] == ["a.npy", "b.mp4"]
     assert result["pairs"][0]["psnr"] == pytest.approx(28.1308, abs=1e-4)
@@ -149,5 +150,5 @@ def test_cli_pairs_folders_and_writes_json_and_markdown(tmp_path, capsys):
     assert "Infinity" not in out_json.read_text()
     table = out_md.read_text()
     assert "| a.npy | 3 | 28.13 |" in table and "LPIPS skipped: weights not available" in table
-    assert vm.main(["--ref", str(ref_dir), "--test", str(tmp_path / "nowhere")]) == 2
+    assert video_metrics_cli.main(["--ref", str(ref_dir), "--test", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 
-import motion_learnability as learnability
+from scripts_loader import load_script
 from wan.tiny import data
+
+learnability = load_script("scripts/motion_learnability.py")
 
 
 def test_simple_specs_are_one_object_straight_motions_inside_the_frame():

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-import probe_tiny_motion as probe
+from scripts_loader import load_script
 from wan.tiny import data
+
+probe = load_script("scripts/probe_tiny_motion.py")
 
 
 def test_reversed_caption_swaps_straight_motions_only():

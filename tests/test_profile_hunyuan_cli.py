@@ -8,7 +8,6 @@ and `sample_video.py --cache-profile` skips exactly the calls the profile plans.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -16,21 +15,18 @@ import pytest
 from test_hy_sample_video import DOUBLE, SINGLE, ckpts, dit_paths  # noqa: F401 (ckpts: the checkpoint fixture)
 from test_hy_sample_video import cli_args as sample_video_args
 
-import sample_video
 from common_cache import CacheProfile
+from scripts_loader import load_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sample_video = load_script("HunyuanVideo/sample_video.py")
+
 STEPS = 8
 PROMPTS = ["a red circle moves to the right", "a blue square bounces"]
 DEPTHS = {"double": DOUBLE, "single": SINGLE}
 
 
 def load_cli():
-    path = os.path.join(ROOT, "scripts", "profile_hunyuan.py")
-    spec = importlib.util.spec_from_file_location("profile_hunyuan", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/profile_hunyuan.py")
 
 
 def cli_args(root: str, out: str, *extra: str, prompts=PROMPTS, dit_config: bool = True) -> list[str]:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
@@ -30,9 +29,9 @@ from wan.configs import WAN_CONFIGS
 from wan.modules.attention import attention
 from wan.modules.model import rope_apply
 from wan.profiling import WanProfiling, classifier_free_guidance
+from scripts_loader import load_script
 from wan_ckpt_dit import TINY_CONFIG, random_tiny_wan, tiny_inputs, write_random_wan_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASK = "t2v-tiny"
 
 
@@ -120,10 +119,7 @@ def test_guidance_combination_matches_the_sampler():
 
 
 def load_cli():
-    spec = importlib.util.spec_from_file_location("profile_wan", os.path.join(ROOT, "scripts", "profile_wan.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("scripts/profile_wan.py")
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from test_wan_generate import (
     psnr,
     read_frames,
 )
+from scripts_loader import load_script
 
 VIDEO_TOLERANCE = 1e-4
 PSNR_FLOOR = 30.0  # 8-bit H.264 files: see the module docstring
@@ -169,7 +170,7 @@ def test_cli_invalid_layout_stops_every_rank(ckpt_dir, tmp_path):  # noqa: F811
 ])
 def test_invalid_layouts_fail_before_any_process_group(ckpt_dir, tmp_path, monkeypatch, caplog, argv, env,  # noqa: F811
                                                        message):
-    import generate
+    generate = load_script("Wan2.1/generate.py")
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

@@ -24,6 +24,7 @@ from common_cache.teacache import (
     relative_l1,
     wan_teacache_config,
 )
+from scripts_loader import load_script
 
 
 class SignalToy(ToyModel):
@@ -435,7 +436,7 @@ def test_hunyuan_indicator_is_the_modulated_input_of_the_first_double_block():
 def test_generate_prefers_coefficients_fitted_for_the_checkpoint(tmp_path):
     """generate.py: without --teacache_coefficients, <ckpt_dir>/teacache_coefficients.json (fit_teacache.py's
     output kept with the weights) replaces the uncalibrated rule; an explicit flag still wins."""
-    import generate
+    generate = load_script("Wan2.1/generate.py")
 
     fitted = tmp_path / "teacache_coefficients.json"
     fitted.write_text(json.dumps({"format": "profilingdit-teacache-coefficients",

@@ -20,8 +20,8 @@ from common_cache import CacheConfig, CacheProfile, StreamGroupConfig, UniformSc
 from wan.configs import WAN_CONFIGS
 from wan_ckpt_dit import random_tiny_wan, write_wan_checkpoint
 from wan_ckpt_text import build_tiny_tokenizer, write_t5_checkpoint, write_vae_checkpoint
-from video_metrics import psnr_video as psnr  # uint8 frames, PSNR from the MSE over the whole video
-from video_metrics import read_video as read_frames  # [F, H, W, 3] uint8
+from profilingdit.metrics.video import psnr_video as psnr  # uint8 frames, PSNR from the whole video's MSE
+from profilingdit.metrics.video import read_video as read_frames  # [F, H, W, 3] uint8
 
 WAN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Wan2.1")
 TASK = "t2v-tiny"

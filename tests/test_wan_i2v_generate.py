@@ -21,6 +21,7 @@ from test_wan_generate import WAN_DIR, psnr, read_frames
 from wan_ckpt_image import make_image, write_random_i2v_folder
 
 from wan.configs import WAN_CONFIGS
+from scripts_loader import load_script
 
 TASK = "i2v-tiny"
 STEPS = 6
@@ -75,7 +76,7 @@ def run_generate(*args: str) -> subprocess.CompletedProcess:
 
 
 def generate_in_process(*args: str) -> int:
-    import generate
+    generate = load_script("Wan2.1/generate.py")
 
     return generate.main(list(args))
 
@@ -132,7 +133,7 @@ def test_delta_cache_computes_exactly_the_planned_block_calls(cached_run, full_v
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fails the test if generate.py builds a pipeline: bad inputs must be refused before any model loads."""
-    import generate
+    generate = load_script("Wan2.1/generate.py")
 
     def refuse(*args, **kwargs):
         raise AssertionError("a pipeline was built for a bad input")

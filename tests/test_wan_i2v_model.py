@@ -25,6 +25,7 @@ from wan.modules.clip import VIT_H_14, CLIPModel, CLIPVisionEncoder, preprocess
 from wan.modules.model import WanModel
 from wan.modules.vae import WAN_LATENTS_MEAN, WAN_LATENTS_STD, WanVAE, load_vae_state_dict
 from wan.utils.diffusers_keys import diffusers_config, diffusers_to_official, official_to_diffusers
+from scripts_loader import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -264,14 +265,14 @@ def test_teacache_uses_the_published_i2v_coefficients():
     ("/models/i2v", "720*1280", "720P"),
 ])
 def test_teacache_resolution_of_a_run(ckpt_dir, size, expected):
-    import generate
+    generate = load_script("Wan2.1/generate.py")
 
     args = generate._parse_args(["--task", "i2v-14B", "--ckpt_dir", ckpt_dir, "--size", size])
     assert generate._teacache_resolution(args) == expected
 
 
 def test_builtin_i2v_profile_is_the_provisional_40_block_list(tmp_path):
-    import generate
+    generate = load_script("Wan2.1/generate.py")
 
     profile, t2v = builtin_profile("i2v-14B"), builtin_profile("t2v-14B")
     assert profile.metadata["provisional"] is True and "profile_wan.py --task i2v-14B" in profile.metadata[
@@ -292,7 +293,7 @@ def test_builtin_i2v_profile_is_the_provisional_40_block_list(tmp_path):
 
 
 def test_profiler_takes_the_image_of_i2v_tasks(tmp_path):
-    import profile_wan
+    profile_wan = load_script("scripts/profile_wan.py")
     from wan_ckpt_image import make_image
 
     image = tmp_path / "first.png"

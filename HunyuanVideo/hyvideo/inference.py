@@ -24,6 +24,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,8 +35,13 @@ from .diffusion.pipelines import HunyuanVideoPipeline
 from .diffusion.schedulers import FlowMatchDiscreteScheduler
 from .modules.checkpoint import CONFIG_FIELDS, load_hunyuan_transformer, resolve_checkpoint_path
 from .modules.posemb_layers import get_rotary_pos_embed
+from .parallel import parallelize_transformer
 from .text_encoder import MODEL_FILES, TOKENIZER_FILES, TextEncoder, llm_max_length
 from .vae import load_vae
+
+if TYPE_CHECKING:
+    from common_cache.command import RunPolicy
+    from profilingdit.parallel import SequenceParallel
 
 logger = logging.getLogger(__name__)
 
@@ -349,3 +355,30 @@ def check_components_fit(transformer, vae, text_encoder: TextEncoder, text_encod
         if value != expected:
             raise ValueError(f"the checkpoint pieces do not fit together: {what} is {value}, but the {other} is "
                              f"{expected}")
+
+
+def load_sampler(args: argparse.Namespace, policy: RunPolicy | None = None,
+                 sp: SequenceParallel | None = None) -> HunyuanVideoSampler:
+    """Checks the checkpoint pieces, loads the DiT (sequence-parallel under torchrun, with the run's cache
+    ``policy`` attached), then the other components: the sampler of ``sample_video.py`` and of the profiler
+    (``scripts/profile_hunyuan.py``).
+
+    Args:
+        args: ``sample_video.py``'s parsed flags.
+        policy: the run's cache policy (``common_cache.command.RunPolicy``), or None.
+        sp: the sequence-parallel engine under torchrun, or None.
+    """
+    root = model_base(args)
+    paths = check_checkpoint_pieces(args, root)
+    device = sp.device if sp is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precisions = RunPrecisions.from_args(args, device)
+    if device.type == "cpu":
+        logger.info("running on the CPU: every component in fp32 (--precision %s, --text-encoder-precision %s, "
+                    "--vae-precision %s apply on CUDA only)", args.precision, args.text_encoder_precision,
+                    args.vae_precision)
+    transformer = load_transformer(args, paths["dit_weight"], device, precisions.dit)
+    if sp is not None:
+        parallelize_transformer(transformer, sp)  # refuses a head count the Ulysses degree does not divide
+    if policy is not None:
+        policy.attach(transformer, logger)  # refuses a profile made for another depth
+    return HunyuanVideoSampler.from_pretrained(root, args, device=device, transformer=transformer)

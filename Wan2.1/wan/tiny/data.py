@@ -170,6 +170,15 @@ def eval_specs(count: int = 60, seed: int = 20250) -> list[VideoSpec]:
     return specs
 
 
+PROFILING_SEED = 1234  # the profiler's captions come from the training split (evaluation uses the held-out one)
+
+
+def profiling_prompts(count: int | None = None) -> list[str]:
+    """The default profiling prompts of t2v-tiny (``scripts/profile_wan.py``, MagCache's calibration): ``count``
+    (default 8) training-split captions drawn with :data:`PROFILING_SEED`."""
+    return [caption(sample_spec(PROFILING_SEED, i)) for i in range(count or 8)]
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Captions
 

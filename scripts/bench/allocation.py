@@ -12,25 +12,20 @@ At an equal number of block calls (so an equal ideal speedup), on held-out promp
 each with forecasting on (order 1) and off (order 0, the paper's copy). Speed is not measured here: the block
 calls are equal by construction; docs/benchmarks.md gives the measured speedups of the shipped profiles.
 
-    python scripts/bench_allocation.py --profile t2v-tiny-2x --num_prompts 24 --json allocation_2x.json
+    python scripts/bench/allocation.py --profile t2v-tiny-2x --num_prompts 24 --json allocation_2x.json
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
+from tqdm import tqdm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-
-from tqdm import tqdm  # noqa: E402
-
-from common_cache import CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig  # noqa: E402
-from profilingdit.files import write_json_atomic  # noqa: E402
-from common_cache.profiling.budget import video_psnr  # noqa: E402
+from common_cache import CacheConfig, CacheProfile, DeltaCache, StepListSchedule, StreamGroupConfig
+from common_cache.profiling.budget import video_psnr
+from profilingdit.files import write_json_atomic
 
 TASK = "t2v-tiny"
 
@@ -97,7 +92,7 @@ def main(argv=None) -> int:
     from wan.profiling import run_with_cache
     from wan.text2video import WanT2V
 
-    from bench_runner import default_prompts, generation_settings
+    from profilingdit.bench.runner import default_prompts, generation_settings
 
     if args.num_prompts < 1 or args.random_seeds < 0:
         raise SystemExit("--num_prompts must be >= 1 and --random_seeds >= 0")

@@ -1,7 +1,7 @@
 """Shape and memory check of the real Wan2.1 T2V-1.3B DiT config on the CPU: one fp32 forward, random weights.
 
 Usage (from the repository root; about 1 minute and 6 GB of RAM on 2 cores):
-    .venv/bin/python scripts/bench_wan_shape.py [--task t2v-1.3B] [--latent 16 3 30 52] [--repeats 1]
+    .venv/bin/python scripts/bench/wan_shape.py [--task t2v-1.3B] [--latent 16 3 30 52] [--repeats 1]
 
 The model is built on the meta device, materialised with ``to_empty`` and initialised once with
 ``WanModel.init_weights`` (random weights, and the upstream zero output layer: timings only). Prints the
@@ -11,19 +11,13 @@ parameter count, the build time, the time of each forward and the peak resident 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import sys
 import time
 
 import torch
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "Wan2.1")]
-
-from wan.configs import WAN_CONFIGS  # noqa: E402
-from wan.modules.checkpoint import ARCHITECTURE_FIELDS  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
+from wan.configs import WAN_CONFIGS
+from wan.modules.checkpoint import ARCHITECTURE_FIELDS
+from wan.modules.model import WanModel
 
 
 def parse_args() -> argparse.Namespace:

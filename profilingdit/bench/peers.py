@@ -7,7 +7,7 @@ and steps, classifier-free guidance as two forwards per step (cond, then uncond)
 transformer implementation and the cache attached to it differ, so every peer is compared with the harness's own
 full run (``dfull``), and ``dfull`` with our ``full`` (the conversion check).
 
-Modes (``--modes`` items of ``bench_runner.py``; the mode's name replaces ``:`` with ``-``):
+Modes (``--modes`` items of ``scripts/bench/runner.py``; the mode's name replaces ``:`` with ``-``):
 
 * ``dfull``: no cache (the reference of every peer mode).
 * ``fbc:<T>``: diffusers ``FirstBlockCacheConfig(threshold=T)``.
@@ -214,7 +214,6 @@ class ForwardClock:
 def diffusers_transformer(model: torch.nn.Module, device: torch.device):
     """A diffusers ``WanTransformer3DModel`` with the weights of our ``WanModel`` (eval mode, no grad)."""
     from diffusers import WanTransformer3DModel
-
     from wan.utils.diffusers_keys import diffusers_config, official_to_diffusers
 
     fields = ("dim", "num_heads", "ffn_dim", "num_layers", "in_dim", "out_dim", "freq_dim", "text_dim", "patch_size",
@@ -227,7 +226,8 @@ def diffusers_transformer(model: torch.nn.Module, device: torch.device):
 
 @dataclass
 class PeerTimed:
-    """What the repeats of one peer (mode, prompt, seed) produced (the fields ``bench_runner.run_record`` reads)."""
+    """What the repeats of one peer (mode, prompt, seed) produced (the fields
+    ``profilingdit.bench.runner.run_record`` reads)."""
 
     video: torch.Tensor
     frames: np.ndarray
@@ -347,7 +347,8 @@ class DiffusersHarness:
     def sample(self, prompt: str, seed: int, settings: dict):
         """``WanT2V.generate`` with the diffusers transformer: (video [3, F, H, W] in [-1, 1], report).
 
-        ``settings`` are the keyword arguments of ``WanT2V.generate`` (``bench_runner.generation_settings``).
+        ``settings`` are the keyword arguments of ``WanT2V.generate``
+        (``profilingdit.bench.runner.generation_settings``).
         """
         from profilingdit.timing import DenoiseTimer, GenerationReport
 
@@ -502,9 +503,9 @@ def calibration_prompts(task: str, count: int = MAG_CALIBRATION_PROMPTS) -> list
     if task != "t2v-tiny":
         raise ValueError(f"mode mag on --task {task}: MagCache calibration prompts are built in only for t2v-tiny "
                          "(scripts/profile_wan.py's training captions)")
-    from profile_wan import tiny_prompts
+    from wan.tiny.data import profiling_prompts
 
-    return tiny_prompts(count)
+    return profiling_prompts(count)
 
 
 def _read_json(path: str) -> dict | None:

@@ -8,7 +8,7 @@ Three modes on the same inputs, in one process, warm-up excluded, median of --re
 
 Targets (issue 2): engine overhead under 2 %; measured speedup of ``cached`` at least 95 % of the ideal one.
 
-Usage: python scripts/bench_cache_overhead.py [--blocks 24 --width 256 --tokens 1024 --steps 12 --repeats 5]
+Usage: python scripts/bench/cache_overhead.py [--blocks 24 --width 256 --tokens 1024 --steps 12 --repeats 5]
 """
 
 from __future__ import annotations

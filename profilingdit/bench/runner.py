@@ -4,7 +4,7 @@ Modes: ``full`` (no cache), ``delta`` (ProfilingDiT delta cache with ``--cache_p
 profile; ``delta:NAME`` with a built-in profile by name, e.g. ``delta:t2v-tiny-4x``) and ``tea-<T>`` (TeaCache at
 threshold T), run in one process on one loaded pipeline, interleaved per prompt and seed (full first), after
 ``--warmup`` unrecorded generations. Peer modes (``dfull``, ``fbc:<T>``, ``mag:<T>``, ``taylor:<N>``,
-``taylorlite:<N>``, ``pab``, ``dbcache:<T>``, ``dbcache-ts:<T>``: see ``bench_peers.py``) run diffusers'
+``taylorlite:<N>``, ``pab``, ``dbcache:<T>``, ``dbcache-ts:<T>``: see :mod:`profilingdit.bench.peers`) run diffusers'
 ``WanTransformer3DModel`` with the same weights in the same loop; their speedup and fidelity are against that
 harness's own full run ``dfull`` (added when missing), and ``dfull`` records its PSNR against our ``full``.
 Per run it records the denoising-loop latency and the whole generation's,
@@ -14,39 +14,26 @@ the mp4, before encoding), prompt adherence when the tiny model's checker is ava
 Each run is appended as one JSON line to ``<out_dir>/runs.jsonl``; runs already there are skipped (resumable).
 Then the runs are summarised into ``summary.md`` (one row per mode) and a speed-vs-PSNR scatter ``speed_psnr.png``.
 
-    python scripts/bench_runner.py --out_dir bench/tiny --num_prompts 20 --seeds 42 \
-        --modes full,delta,tea --teacache_thresh 0.05 0.1 0.2 --teacache_coefficients fit.json \
-        --cache_profile profile.json
-    python scripts/bench_runner.py --out_dir bench/peers --modes full,delta,dfull,fbc:0.1,mag:0.1,taylorlite:3,pab,\
-dbcache-ts:0.2
-    python scripts/bench_runner.py --out_dir bench/tiny --summarize_only --plot docs/images/tiny_speed_psnr.png
+The command line is ``scripts/bench/runner.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import resource
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-WAN_DIR = os.path.join(os.path.dirname(SCRIPTS), "Wan2.1")
-for path in (SCRIPTS, WAN_DIR):
-    if path not in sys.path:
-        sys.path.insert(0, path)
-
-import bench_peers  # noqa: E402
-import video_metrics  # noqa: E402
-from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache  # noqa: E402
-from common_cache.teacache import TeaCache, load_coefficients, wan_teacache_config  # noqa: E402
+from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache
+from common_cache.teacache import TeaCache, load_coefficients, wan_teacache_config
+from profilingdit.bench import peers
+from profilingdit.metrics import video as video_metrics
 
 DEFAULT_TASK = "t2v-tiny"
 REFERENCE_MODES = ("full", "dfull")  # each harness's own full run: the reference of its other modes
@@ -54,8 +41,8 @@ REFERENCE_MODES = ("full", "dfull")  # each harness's own full run: the referenc
 
 @dataclass(frozen=True)
 class Mode:
-    """One benchmark mode: ``full``, ``delta``, ``teacache`` or a peer kind of ``bench_peers`` (with its threshold
-    or interval)."""
+    """One benchmark mode: ``full``, ``delta``, ``teacache`` or a peer kind of :mod:`profilingdit.bench.peers`
+    (with its threshold or interval)."""
 
     name: str
     kind: str
@@ -65,7 +52,7 @@ class Mode:
 def parse_modes(text: str, thresholds: list[float]) -> list[Mode]:
     """``"full,delta,tea"`` -> modes; ``tea`` expands to one mode per threshold, ``tea:0.1`` names one.
 
-    Peer modes (``bench_peers.parse_peer_mode``) need ``dfull``, their reference: it is added before the first peer
+    Peer modes (``peers.parse_peer_mode``) need ``dfull``, their reference: it is added before the first peer
     mode when missing, and moved there when given later.
 
     Raises:
@@ -84,12 +71,12 @@ def parse_modes(text: str, thresholds: list[float]) -> list[Mode]:
             if not values:
                 raise ValueError("--modes tea needs --teacache_thresh T [T ...] (or name one: tea:0.1)")
             modes += [Mode(f"tea-{t:g}", "teacache", t) for t in values]
-        elif (peer := bench_peers.parse_peer_mode(item)) is not None:
+        elif (peer := peers.parse_peer_mode(item)) is not None:
             modes.append(Mode(*peer))
         else:
             raise ValueError(f"--modes: {item!r} is not allowed: expected full, delta, delta:<profile>, tea, "
                              "tea:<threshold> or "
-                             f"{bench_peers.ALLOWED_TEXT}")
+                             f"{peers.ALLOWED_TEXT}")
     names = [m.name for m in modes]
     if len(set(names)) != len(names):
         raise ValueError(f"--modes gives a mode twice: {names}")
@@ -98,10 +85,10 @@ def parse_modes(text: str, thresholds: list[float]) -> list[Mode]:
 
 def _reference_first(modes: list[Mode]) -> list[Mode]:
     """Puts ``dfull`` (added if missing) right before the first peer mode: peers are measured against it."""
-    if not any(bench_peers.is_peer(m.kind) and m.kind != "dfull" for m in modes):
+    if not any(peers.is_peer(m.kind) and m.kind != "dfull" for m in modes):
         return modes
     rest = [m for m in modes if m.kind != "dfull"]
-    first = next(k for k, m in enumerate(rest) if bench_peers.is_peer(m.kind))
+    first = next(k for k, m in enumerate(rest) if peers.is_peer(m.kind))
     return rest[:first] + [Mode("dfull", "dfull")] + rest[first:]
 
 
@@ -202,7 +189,7 @@ def peak_rss_bytes() -> int:
 
 
 def generate(pipeline, cache, prompt: str, seed: int, settings: dict, clock=None):
-    """One generation with ``cache`` attached (None: full compute); ``clock`` (a ``bench_peers.ForwardClock`` on
+    """One generation with ``cache`` attached (None: full compute); ``clock`` (a ``peers.ForwardClock`` on
     the DiT) is reset first, so that it holds this generation's CPU seconds inside the DiT's forwards.
 
     Returns:
@@ -345,9 +332,9 @@ def run_benchmark(args) -> list[dict]:
     checker = adherence_checker()
     # Two forwards (cond, uncond) per step, every block of every group.
     model_calls = 2 * settings["sampling_steps"] * sum(pipeline.model.stream_group_depths().values())
-    peer_kinds = [m.kind for m in modes if bench_peers.is_peer(m.kind)]
-    harness = bench_peers.DiffusersHarness(pipeline, peer_kinds, args.out_dir, args.task) if peer_kinds else None
-    clock = bench_peers.ForwardClock(pipeline.model)
+    peer_kinds = [m.kind for m in modes if peers.is_peer(m.kind)]
+    harness = peers.DiffusersHarness(pipeline, peer_kinds, args.out_dir, args.task) if peer_kinds else None
+    clock = peers.ForwardClock(pipeline.model)
     for _ in range(args.warmup):
         generate(pipeline, None, prompts[0], args.seeds[0], settings)
         if harness is not None:
@@ -360,7 +347,7 @@ def run_benchmark(args) -> list[dict]:
             for mode in modes:
                 if (mode.name, prompt, seed, settings["sampling_steps"]) in done:
                     continue
-                peer = bench_peers.is_peer(mode.kind)
+                peer = peers.is_peer(mode.kind)
                 if peer:
                     timed = harness.timed_generate(mode.kind, mode.threshold, prompt, seed, settings, args.repeats)
                 else:
@@ -373,9 +360,9 @@ def run_benchmark(args) -> list[dict]:
                 ref, ref_frames = reference or (None, None)
                 row = run_record(mode, prompt, seed, timed, ref, ref_frames, checker, paths, settings, model_calls)
                 if peer:
-                    row.update(bench_peers.peer_fields(mode.kind, mode.threshold, timed.calls, harness.mag_ratios))
+                    row.update(peers.peer_fields(mode.kind, mode.threshold, timed.calls, harness.mag_ratios))
                 if mode.kind == "dfull" and refs["full"][0] is not None:
-                    row.update(bench_peers.conversion_fields(*refs["full"], row, timed.frames, video_metrics.compare))
+                    row.update(peers.conversion_fields(*refs["full"], row, timed.frames, video_metrics.compare))
                 append_run(jsonl, row)
                 runs.append(row)
                 if mode.kind in refs:
@@ -573,54 +560,3 @@ def write_summary(runs: list[dict], out_dir: str, plot_path: str | None, title: 
     if any("cpu_speedup" in r for r in runs):
         scatter_plot(runs, summary, os.path.splitext(plot_path)[0] + "_cpu.png", title + " (CPU time)", "cpu_speedup")
     return table
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default=DEFAULT_TASK, help="Wan2.1 task (default: the tiny model).")
-    parser.add_argument("--ckpt_dir", default=None, help="Checkpoint folder (default: the task's).")
-    parser.add_argument("--prompts", default=None, help="Prompt file, one per line (default: held-out captions).")
-    parser.add_argument("--num_prompts", type=int, default=20, help="Held-out captions to use without --prompts.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--modes", default="full,delta,tea",
-                        help="Comma list of full, delta, tea, tea:<T> and the diffusers peers dfull, fbc:<T>, mag:<T>, "
-                             "taylor:<N>, taylorlite:<N>, pab, dbcache:<T>, dbcache-ts:<T> (bench_peers.py).")
-    parser.add_argument("--teacache_thresh", type=float, nargs="*", default=None, help="Thresholds for mode tea.")
-    parser.add_argument("--teacache_coefficients", default=None, help="scripts/fit_teacache.py JSON.")
-    parser.add_argument("--use_ret_steps", action="store_true", help="TeaCache on e0, first 5 steps forced.")
-    parser.add_argument("--cache_profile", default=None, help="Delta cache profile (default: the built-in one).")
-    parser.add_argument("--size", default=None)
-    parser.add_argument("--frame_num", type=int, default=None)
-    parser.add_argument("--sample_steps", type=int, default=None)
-    parser.add_argument("--sample_shift", type=float, default=None)
-    parser.add_argument("--sample_solver", default="unipc")
-    parser.add_argument("--sample_guide_scale", type=float, default=5.0)
-    parser.add_argument("--warmup", type=int, default=1, help="Unrecorded full generations first.")
-    parser.add_argument("--repeats", type=int, default=1, help="Timed runs per (mode, prompt, seed); median kept.")
-    parser.add_argument("--out_dir", default="bench_out")
-    parser.add_argument("--plot", default=None, help="Scatter PNG path (default: <out_dir>/speed_psnr.png).")
-    parser.add_argument("--title", default=None, help="Plot title.")
-    parser.add_argument("--summarize_only", action="store_true", help="Only rebuild the table and plot.")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        if args.summarize_only:
-            runs = read_runs(os.path.join(args.out_dir, "runs.jsonl"))
-            if not runs:
-                raise FileNotFoundError(f"no runs in {args.out_dir}/runs.jsonl")
-        else:
-            runs = run_benchmark(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    pairs = len({(r["prompt"], r["seed"]) for r in runs})
-    title = args.title or f"{args.task}: speed vs fidelity ({pairs} prompt-seed pairs)"
-    print(write_summary(runs, args.out_dir, args.plot, title), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

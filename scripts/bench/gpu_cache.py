@@ -11,8 +11,8 @@ after an unrecorded warm-up run of a few steps; the median of ``--repeats`` is r
 
 Usage (from the repository root, on a CUDA machine):
 
-    python scripts/bench_gpu_cache.py --task t2v-1.3B --size 832*480 --frame_num 81 --repeats 2 --json out.json
-    python scripts/bench_gpu_cache.py --cache_profile t2v-1.3B t2v-tiny-3x t2v-tiny-4x --json budgeted.json
+    python scripts/bench/gpu_cache.py --task t2v-1.3B --size 832*480 --frame_num 81 --repeats 2 --json out.json
+    python scripts/bench/gpu_cache.py --cache_profile t2v-1.3B t2v-tiny-3x t2v-tiny-4x --json budgeted.json
 """
 
 from __future__ import annotations
@@ -22,19 +22,14 @@ import dataclasses
 import json
 import os
 import statistics
-import sys
 
 import torch
+from wan.cache_profiles import builtin_profile_path, resolve_profile_path
+from wan.configs import SIZE_CONFIGS, WAN_CONFIGS
+from wan.modules.model import WanModel
 
-SCRIPTS = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(SCRIPTS), "Wan2.1"))
-sys.path.insert(0, SCRIPTS)
-
-from common_cache import CacheConfig, CacheProfile, DeltaCache, attach_cache, detach_cache  # noqa: E402
-from wan.cache_profiles import builtin_profile_path, resolve_profile_path  # noqa: E402
-from wan.configs import SIZE_CONFIGS, WAN_CONFIGS  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
-from bench_wan_cache import denoise, small_random_weights_  # noqa: E402
+from common_cache import CacheConfig, CacheProfile, DeltaCache, attach_cache, detach_cache
+from profilingdit.bench.wan_harness import denoise, small_random_weights_
 
 PROMPT_TOKENS, NULL_TOKENS = 24, 12  # valid text tokens of the two branches (the rest of text_len is padding)
 
@@ -113,7 +108,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("bench_gpu_cache.py --device cuda needs a CUDA device (use bench_wan_cache.py on a CPU)")
+        raise SystemExit("scripts/bench/gpu_cache.py --device cuda needs a CUDA device (use "
+                         "scripts/bench/wan_cache.py on a CPU)")
     config = WAN_CONFIGS[args.task]
     width, height = SIZE_CONFIGS[args.size]
     latent_shape = (16, (args.frame_num - 1) // 4 + 1, height // 8, width // 8)

@@ -1,7 +1,7 @@
 """Does the cache keep its speedup under sequence parallelism? Cached/full loop time, one process vs N (CPU, gloo).
 
-The denoising loops are the ones of scripts/bench_wan_cache.py (Wan2.1: UniPC, two guidance branches, the paper's
-14B block list scaled to the depth, warm-up 6, refresh every 6 steps) and scripts/bench_hunyuan_cache.py
+The denoising loops are the ones of scripts/bench/wan_cache.py (Wan2.1: UniPC, two guidance branches, the paper's
+14B block list scaled to the depth, warm-up 6, refresh every 6 steps) and scripts/bench/hunyuan_cache.py
 (HunyuanVideo: the pipeline's Euler loop, the paper's profile scaled to the depths), on the same random mid-size
 models. Each configuration runs in its own launch, one after the other:
 
@@ -13,9 +13,9 @@ one-process run; the ratios compare each launch with itself. Reported per launch
 cached/full ratio and speedup, and how much of the one-process speedup the parallel run keeps (target: at least
 90 %). Run it on a quiet machine (the timings are wall times; the defaults take about 6 minutes).
 
-    python scripts/bench_sp_cache.py                                   # Wan2.1, 2 processes, ring 2
-    python scripts/bench_sp_cache.py --model hunyuan --ulysses 2 --ring 1
-    python scripts/bench_sp_cache.py --steps 12 --repeats 1 --dim 64 --layers 8 --latent 16 3 8 8  # smoke test
+    python scripts/bench/sp_cache.py                                   # Wan2.1, 2 processes, ring 2
+    python scripts/bench/sp_cache.py --model hunyuan --ulysses 2 --ring 1
+    python scripts/bench/sp_cache.py --steps 12 --repeats 1 --dim 64 --layers 8 --latent 16 3 8 8  # smoke test
 """
 
 from __future__ import annotations
@@ -31,11 +31,8 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-from common_cache import attach_cache, detach_cache  # noqa: E402
-from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown  # noqa: E402
+from common_cache import attach_cache, detach_cache
+from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
 
 TARGET_RETENTION = 0.90
 
@@ -64,9 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _wan_setup(args):
     """A loop closure over a random Wan2.1 DiT, and the DeltaCache it is timed with."""
-    from bench_wan_cache import denoise, random_model, scaled_paper_blocks
-
     from common_cache import CacheConfig, DeltaCache, StreamGroupConfig, UniformSchedule
+    from profilingdit.bench.wan_harness import denoise, random_model, scaled_paper_blocks
 
     model = random_model(args.dim, args.heads, args.layers, text_dim=args.dim)
     group = StreamGroupConfig("blocks", args.layers, scaled_paper_blocks(args.layers), 6, UniformSchedule(6))
@@ -75,11 +71,11 @@ def _wan_setup(args):
 
 def _hunyuan_setup(args):
     """A loop closure over a random HunyuanVideo DiT (through its pipeline), and the DeltaCache."""
-    from bench_hunyuan_cache import build_inputs, scaled_paper_profile, timed_run
-
-    from common_cache import DeltaCache
     from hyvideo.diffusion.pipelines import HunyuanVideoPipeline
     from hyvideo.diffusion.schedulers import FlowMatchDiscreteScheduler
+
+    from common_cache import DeltaCache
+    from profilingdit.bench.hunyuan_harness import build_inputs, scaled_paper_profile, timed_run
 
     _, _, height, width = args.latent
     shape = argparse.Namespace(hidden=args.dim, heads=args.heads, double=max(1, args.layers // 3),
@@ -143,10 +139,8 @@ def run_worker(args) -> None:
 # The two launches and the report
 
 
-def _launch(model: str, argv: list[str], processes: int, out: str) -> dict:
+def _launch(argv: list[str], processes: int, out: str) -> dict:
     env = {"OMP_NUM_THREADS": "1", **os.environ}  # the caller's thread count wins; torchrun's default is 1 too
-    folder = os.path.join(ROOT, "Wan2.1" if model == "wan" else "HunyuanVideo")
-    env["PYTHONPATH"] = os.pathsep.join([folder, os.path.join(ROOT, "scripts")])
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     subprocess.run([*launcher, os.path.abspath(__file__), *argv, "--worker", out], env=env, check=True)
@@ -167,8 +161,8 @@ def main(argv=None) -> int:
               str(args.dim), "--heads", str(args.heads), "--layers", str(args.layers), "--latent",
               *map(str, args.latent), "--ulysses", str(args.ulysses), "--ring", str(args.ring)]
     with tempfile.TemporaryDirectory() as folder:
-        single = _launch(args.model, common, 1, os.path.join(folder, "single.json"))
-        parallel = _launch(args.model, common, degrees.size, os.path.join(folder, "parallel.json"))
+        single = _launch(common, 1, os.path.join(folder, "single.json"))
+        parallel = _launch(common, degrees.size, os.path.join(folder, "parallel.json"))
     retention = parallel["speedup"] / single["speedup"]
     print(f"{args.model}: dim {args.dim}, {args.heads} heads, layers {args.layers}, latent {args.latent}, "
           f"{args.steps} steps, median of {args.repeats}, {os.environ.get('OMP_NUM_THREADS', '1')} thread(s) per "
