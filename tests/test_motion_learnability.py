@@ -1,4 +1,4 @@
-"""scripts/motion_learnability.py: the simplified motion set, the checker's ceiling, a short run, flag errors."""
+"""wan.tiny.motion_learnability: the simplified motion set, the checker's ceiling, a short run, flag errors."""
 
 import dataclasses
 import json
@@ -6,10 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from scripts_loader import load_script
 from wan.tiny import data
-
-learnability = load_script("scripts/motion_learnability.py")
+from wan.tiny import motion_learnability as learnability
 
 
 def test_simple_specs_are_one_object_straight_motions_inside_the_frame():

@@ -1,13 +1,11 @@
-"""scripts/probe_tiny_motion.py: the reversed captions, both probes on the shipped model, flag errors."""
+"""wan.tiny.probe_motion: the reversed captions, both probes on the shipped model, flag errors."""
 
 import json
 
 import pytest
 
-from scripts_loader import load_script
 from wan.tiny import data
-
-probe = load_script("scripts/probe_tiny_motion.py")
+from wan.tiny import probe_motion as probe
 
 
 def test_reversed_caption_swaps_straight_motions_only():

@@ -4,7 +4,7 @@ Two kinds of checks, kept apart because they claim different things (docs/benchm
 prompts the model draws the prompt's colour 98 % of the time, the motion about 20 %):
 
 * Colour: fixed pairs chosen by a rule before any result was seen (the first four held-out evaluation prompts,
-  prompt i with seed i, as scripts/eval_tiny.py runs them), not selected because the model passed them. This is a
+  prompt i with seed i, as wan.tiny.evaluate runs them), not selected because the model passed them. This is a
   claim about the model: it draws the colour it is asked for in most videos (at least 3 of the 4; pair 2, a red
   triangle, is the evaluation's one colour miss in 60).
 * Motion: a regression guard only. The pairs below were selected because the evaluation found their motion right;

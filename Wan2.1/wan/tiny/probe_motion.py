@@ -13,7 +13,7 @@
 
 Usage (from the repository root):
 
-    python scripts/probe_tiny_motion.py [--ckpt_dir DIR] [--seeds 4] [--clips 48] [--json probe.json]
+    python -m wan.tiny.probe_motion [--ckpt_dir DIR] [--seeds 4] [--clips 48] [--json probe.json]
 """
 
 from __future__ import annotations
@@ -21,19 +21,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-sys.path.insert(0, ROOT)
-
-from wan.configs import WAN_CONFIGS  # noqa: E402
-from wan.text2video import WanT2V  # noqa: E402
-from wan.tiny import adherence, data  # noqa: E402
+from ..configs import WAN_CONFIGS
+from ..text2video import WanT2V
+from . import adherence, data
 
 DIRECTIONS = ("right", "left", "up", "down")
 REVERSED = {"right": "left", "left": "right", "up": "down", "down": "up", "bounces": "bounces"}

@@ -10,8 +10,8 @@ The pipeline is ``wan.text2video.WanT2V``, the same code path as ``generate.py -
 
 Usage (from the repository root):
 
-    python scripts/eval_tiny.py [--num_prompts 60] [--json out.json] [--sheet docs/images/tiny_contact_sheet.png]
-    python scripts/eval_tiny.py --reference    # the checker on the generator's ground truth and on VAE round trips
+    python -m wan.tiny.evaluate [--num_prompts 60] [--json out.json] [--sheet docs/images/tiny_contact_sheet.png]
+    python -m wan.tiny.evaluate --reference    # the checker on the generator's ground truth and on VAE round trips
 """
 
 from __future__ import annotations
@@ -25,15 +25,15 @@ import time
 import numpy as np
 import torch
 
-from profilingdit.metrics import video as video_metrics
-from wan.cache_profiles import builtin_profile_path
-from wan.configs import WAN_CONFIGS
-from wan.text2video import WanT2V
-from wan.tiny import adherence, data, sheet
-
 from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache
+from profilingdit.metrics import video as video_metrics
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from ..cache_profiles import builtin_profile_path
+from ..configs import WAN_CONFIGS
+from ..text2video import WanT2V
+from . import adherence, data, sheet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the checkout
 TASK = "t2v-tiny"
 
 

@@ -11,24 +11,23 @@ Stages (each resumable; rerunning skips finished stages and resumes the interrup
 
 Usage (from the repository root):
 
-    python scripts/train_tiny.py --work_dir /work/tiny_train/run [--out_dir Wan2.1/Wan2.1-T2V-tiny]
-    python scripts/train_tiny.py --work_dir /tmp/smoke --smoke --out_dir /tmp/smoke/ckpt   # 2-minute check
+    python -m wan.tiny.train_cli --work_dir /work/tiny_train/run [--out_dir Wan2.1/Wan2.1-T2V-tiny]
+    python -m wan.tiny.train_cli --work_dir /tmp/smoke --smoke --out_dir /tmp/smoke/ckpt   # 2-minute check
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-sys.path.insert(0, ROOT)
+from .checkpoints import StageLog
+from .recipe import TinyRecipe, smoke_recipe
+from .train_stages import STAGES, run_stages
 
-from wan.tiny.checkpoints import StageLog  # noqa: E402
-from wan.tiny.recipe import TinyRecipe, smoke_recipe  # noqa: E402
-from wan.tiny.train_stages import STAGES, run_stages  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the checkout
 
 ALL_STAGES = (*STAGES, "profile")
 PROFILE_ARGS = ["--num_prompts", "8", "--cache_k", "8"]  # uniform refresh (see docs/profiling.md, results)
@@ -36,10 +35,12 @@ FIGURES = "docs/images/profiling_t2v-tiny"
 
 
 def run_profiler(ckpt_dir: str, out: str, smoke: bool) -> None:
-    """The shipped profile's command (docs/profiling.md), on the checkpoint just exported."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import profile_wan
-
+    """The shipped profile's command (docs/profiling.md), on the checkpoint just exported: ``scripts/profile_wan.py``
+    of this checkout, run in this process (same threads and logging) from the repository root (the profile records
+    its command relative to it)."""
+    spec = importlib.util.spec_from_file_location("profile_wan", os.path.join(ROOT, "scripts", "profile_wan.py"))
+    profile_wan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_wan)
     argv = PROFILE_ARGS + ["--out", os.path.relpath(out, ROOT), "--figures", FIGURES]
     if smoke:
         argv = ["--num_prompts", "1", "--sample_steps", "8", "--warmup", "2", "--out", out]

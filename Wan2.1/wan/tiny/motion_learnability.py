@@ -15,8 +15,8 @@ caption dropout, AdamW and a cosine schedule (``recipe.TinyRecipe``); nothing is
 
 Usage (from the repository root):
 
-    python scripts/motion_learnability.py --steps 1000 --json learnability.json
-    python scripts/motion_learnability.py --num_clips 4 --batch 8 --steps 600 --eval_on_training   # memorise 4
+    python -m wan.tiny.motion_learnability --steps 1000 --json learnability.json
+    python -m wan.tiny.motion_learnability --num_clips 4 --batch 8 --steps 600 --eval_on_training   # memorise 4
 """
 
 from __future__ import annotations
@@ -25,25 +25,20 @@ import argparse
 import collections
 import dataclasses
 import json
-import os
 import sys
 import time
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Wan2.1"))
-sys.path.insert(0, ROOT)
-
-from wan.configs import WAN_CONFIGS  # noqa: E402
-from wan.modules.model import WanModel  # noqa: E402
-from wan.text2video import WanT2V  # noqa: E402
-from wan.tiny import adherence, data  # noqa: E402
-from wan.tiny.checkpoints import cosine_lr  # noqa: E402
-from wan.tiny.fast_rope import batched_rope  # noqa: E402
-from wan.tiny.recipe import TinyRecipe  # noqa: E402
-from wan.tiny.train_stages import dit_train_step  # noqa: E402
+from ..configs import WAN_CONFIGS
+from ..modules.model import WanModel
+from ..text2video import WanT2V
+from . import adherence, data
+from .checkpoints import cosine_lr
+from .fast_rope import batched_rope
+from .recipe import TinyRecipe
+from .train_stages import dit_train_step
 
 TASK = "t2v-tiny"
 DIRECTIONS = ("right", "left", "up", "down")
@@ -146,7 +141,7 @@ def train_and_track(pipeline: WanT2V, args: argparse.Namespace) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_dir", default=os.path.join(ROOT, "Wan2.1", "Wan2.1-T2V-tiny"))
+    parser.add_argument("--ckpt_dir", default=WAN_CONFIGS["t2v-tiny"].default_ckpt_dir)
     parser.add_argument("--init", choices=("fresh", "shipped"), default="fresh", help="the DiT's starting weights")
     parser.add_argument("--backgrounds", choices=("black", "random"), default="black")
     parser.add_argument("--speed_scale", type=float, default=1.0,
