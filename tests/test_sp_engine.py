@@ -28,20 +28,17 @@ from profilingdit.parallel import (
 
 ATTENTION_TOLERANCE = 2e-6  # fp32 on the CPU; measured ~4e-7
 MODEL_TOLERANCE = 1e-5  # one forward of a tiny fp32 DiT; measured ~1e-6
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def torchrun(nproc: int, script: str, *args: str, cwd: str | None = None, timeout: int = 120,
-             pythonpath: list[str] | None = None, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+             env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=nproc script args`` with one thread per process.
 
-    ``pythonpath``: folders a worker script imports from (the model folders; the script's own folder is on the
-    path anyway); common_cache always comes from the installed package.
+    A worker script imports the installed packages (``wan``, ``hyvideo``, ``common_cache``, ``profilingdit``) and,
+    for a test module, the test helpers beside it (the script's own folder is on the path).
     """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MODEL_BASE")}
     env.update({"OMP_NUM_THREADS": "1", **(env_extra or {})})
-    if pythonpath:
-        env["PYTHONPATH"] = os.pathsep.join(pythonpath)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script,
                *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -68,14 +65,13 @@ def write_layout_results(env, layouts: list[str], generate, out_path: str) -> No
             json.dump(result, handle)
 
 
-def run_layouts(script: str, args: list[str], layouts: list[str], out_path: str, pythonpath: list[str],
+def run_layouts(script: str, args: list[str], layouts: list[str], out_path: str,
                 tolerance: float) -> tuple[dict, int]:
     """Test side: runs ``script`` (whose worker calls :func:`write_layout_results` with ``out_path``) on U x R
     processes and checks every layout's video against one process, without and with the cache. Returns the
     measurements and the process count."""
     processes = math.prod(int(d) for d in layouts[0].split("x"))
-    scripts = os.path.join(ROOT, "scripts")  # the test modules the workers import use the metrics tool
-    result = torchrun(processes, script, *args, out_path, *layouts, pythonpath=[*pythonpath, scripts], timeout=300)
+    result = torchrun(processes, script, *args, out_path, *layouts, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     with open(out_path) as handle:
         measured = json.load(handle)
@@ -196,8 +192,7 @@ def _worker(out_path: str, layouts: list[str]) -> None:
 
 def run_engine(tmp_path, nproc: int, layouts: list[str]) -> dict:
     out = str(tmp_path / "engine.json")
-    result = torchrun(nproc, os.path.abspath(__file__), out, *layouts,
-                      pythonpath=[os.path.join(ROOT, "Wan2.1"), os.path.join(ROOT, "HunyuanVideo")])
+    result = torchrun(nproc, os.path.abspath(__file__), out, *layouts)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.load(open(out))
 

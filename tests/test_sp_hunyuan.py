@@ -94,7 +94,7 @@ def _worker(root: str, profile_file: str, out_path: str, layouts: list[str]) -> 
 def check_pipelines(root: str, profile: str, tmp_path, layouts: list[str]) -> None:
     """Runs the worker on U x R processes for each layout; checks videos and per-rank buffers."""
     measured, processes = run_layouts(os.path.abspath(__file__), [root, profile], layouts,
-                                      str(tmp_path / "hunyuan.json"), [HY_DIR], VIDEO_TOLERANCE)
+                                      str(tmp_path / "hunyuan.json"), VIDEO_TOLERANCE)
     for layout in layouts:
         # Every delta covers the 12 image tokens and the 256 text tokens; each rank holds 12 / processes image
         # tokens and all the text (replicated), so only the image part of its buffers shrinks.
