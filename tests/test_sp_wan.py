@@ -24,6 +24,7 @@ import sys
 
 import pytest
 import torch
+from scripts_loader import load_script
 from test_sp_engine import run_layouts, torchrun, write_layout_results
 from test_wan_generate import (
     STEPS,
@@ -35,7 +36,6 @@ from test_wan_generate import (
     psnr,
     read_frames,
 )
-from scripts_loader import load_script
 
 VIDEO_TOLERANCE = 1e-4
 PSNR_FLOOR = 30.0  # 8-bit H.264 files: see the module docstring
@@ -60,10 +60,11 @@ def _generate(pipeline, profile, cached: bool):
 
 
 def _worker(ckpt: str, profile_file: str, out_path: str, layouts: list[str]) -> None:
-    from common_cache import CacheProfile
-    from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
     from wan.configs import WAN_CONFIGS
     from wan.text2video import WanT2V
+
+    from common_cache import CacheProfile
+    from profilingdit.parallel import LaunchEnv, ParallelDegrees, init_sequence_parallel, shutdown
 
     env = LaunchEnv.from_environ()
     config, profile = WAN_CONFIGS[TASK], CacheProfile.load(profile_file)
