@@ -13,16 +13,18 @@ from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
 from wan_ckpt_dit import TINY_CONFIG
 from wan_ckpt_text import build_tiny_tokenizer
 
+from common_cache import CacheProfile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "diffusers.md")
 
 
-def doc_example() -> str:
-    """The first ```python block of the doc."""
+def doc_example(index: int = 0) -> str:
+    """The ``index``-th ```python block of the doc."""
     with open(DOC, encoding="utf-8") as handle:
-        match = re.search(r"```python\n(.*?)```", handle.read(), re.DOTALL)
-    assert match, f"{DOC} has no python code block"
-    return match.group(1)
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.DOTALL)
+    assert len(blocks) > index, f"{DOC} has no python code block {index}"
+    return blocks[index]
 
 
 def substitute(code: str, model_dir: str) -> str:
@@ -64,3 +66,19 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     assert cache.stats.total_calls == 50 * 2 * 40 and cache.stats.ideal_speedup == pytest.approx(2.016, abs=1e-3)
     assert "ideal speedup 2.016x" in capsys.readouterr().out
     assert not hasattr(namespace["pipe"].transformer.blocks, "stack_call")  # disabled again
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_documented_profiling_example_runs(tmp_path, monkeypatch):
+    save_tiny_pipeline(str(tmp_path))
+    code = substitute(doc_example(1), str(tmp_path / "pipeline"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with torch.no_grad():
+        exec(compile(code, DOC, "exec"), namespace)  # noqa: S102 - our own documentation
+    profile = CacheProfile.load(str(tmp_path / "my_profile.json"))
+    (group,) = profile.config.groups
+    assert group.depth == 40 and len(group.cached_blocks) == 15 and group.warmup_steps == 6
+    assert namespace["statistics"].prompts == namespace["PROMPTS"]
+    assert namespace["statistics"].counts["r_attn"]["blocks"][:, 0].tolist() == [2 * 2] * 40  # prompts x branches
+    assert namespace["cache"] is not None and namespace["cache"].config == profile.config
