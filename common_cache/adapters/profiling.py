@@ -31,7 +31,6 @@ from common_cache.adapters.registry import diffusers_spec
 from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
 
 
-
 def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
     """Wan's RoPE on ``x`` [B, L, heads, d]: each channel pair (2i, 2i+1) is rotated by the angle whose cosine and
     sine diffusers stores at positions 2i and 2i+1 of ``freqs_cos`` / ``freqs_sin`` ([1, L, 1, d])."""
