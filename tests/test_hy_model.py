@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from diffusers import HunyuanVideoTransformer3DModel
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoRotaryPosEmbed
 from hy_ckpt_dit import TINY_HY_DIT_CONFIG, make_tiny_dit, write_dit_checkpoint
-
-from common_cache import run_blocks
 from hyvideo.modules import (
     HYVideoDiffusionTransformer,
     TextSegments,
@@ -22,8 +20,11 @@ from hyvideo.modules import (
     official_config,
 )
 from hyvideo.modules import attention as attention_module
-from hyvideo.modules.attention import attention, register_attention_backend
+from hyvideo.modules.attention import attention
 from hyvideo.utils.diffusers_keys import diffusers_config, diffusers_to_official, official_to_diffusers
+
+from common_cache import run_blocks
+from profilingdit.seams import Seams
 
 TINY_ROPE = {"rope_dim_list": TINY_HY_DIT_CONFIG["rope_dim_list"]}
 TINY_LOAD = {"model_name": None, "config_overrides": TINY_ROPE, "dtype": torch.float32}
@@ -156,22 +157,27 @@ def test_flash_backend_feeds_the_official_cu_seqlens(monkeypatch):
     torch.testing.assert_close(flash, attention(q, k, v, segments, backend="sdpa"), atol=1e-6, rtol=1e-6)
 
 
-def test_registered_attention_backend_is_the_seam_of_every_block():
+def test_attention_kernel_is_the_seam_of_every_block():
     calls = []
 
     def recording_kernel(q, k, v, segments):
         calls.append(q.shape)
-        return attention(q, k, v, segments, backend="sdpa").unflatten(2, (q.shape[2], -1))  # [B, L, H, D]
+        return attention(q, k, v, segments, backend="sdpa")  # [B, L, H*D]
 
-    register_attention_backend("recording", recording_kernel)
     model = make_tiny_dit()
     inputs = tiny_inputs(model)
     with torch.no_grad():
         ref = model(**inputs)["x"]
-        model.set_attention_backend("recording")
-        out = model(**inputs)["x"]
+        with Seams() as seams:
+            for block in [*model.double_blocks, *model.single_blocks]:
+                seams.swap(block, "attention_kernel", recording_kernel)
+            out = model(**inputs)["x"]
     assert torch.equal(out, ref)
     assert calls == [(2, 48 + 10, 2, 32)] * 4  # 2 double + 2 single blocks, joint [image ; text] sequence
+    assert all(block.attention_kernel is attention for block in [*model.double_blocks, *model.single_blocks])
+    model.set_attention_backend("sdpa")
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs)["x"], ref, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="backend='flash2' is not supported"):
         model.set_attention_backend("flash2")
 

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 from hy_ckpt_dit import make_tiny_dit
+from hyvideo.modules import get_nd_rotary_pos_embed
+from hyvideo.modules.attention import attention
+from hyvideo.profiling import HunyuanProfiling
 
 from common_cache.profiling import HighAttentionRule, ProfilingRecorder, foreground_ratio, pool_to_tokens
-from hyvideo.modules import get_nd_rotary_pos_embed
-from hyvideo.profiling import HunyuanProfiling
 
 
 def inputs(model, batch=1, valid=6, txt_len=10, frames=3, size=8, seed=1):
@@ -69,7 +70,7 @@ def test_profiling_keeps_outputs_and_scores_image_tokens_of_the_joint_attention(
         statistics = recorder.end()
     assert torch.equal(profiled, reference)
     assert model.block_cache is None and not model._forward_hooks and not model._forward_pre_hooks
-    assert all(b.attn_backend == "auto" for b in [*model.double_blocks, *model.single_blocks])
+    assert all(b.attention_kernel is attention for b in [*model.double_blocks, *model.single_blocks])  # undone
     captured = SpyProfiling.captured
     n_img = 3 * 4 * 4
     assert captured["q"].shape[1] == n_img + 10 and captured["segments"].valid_lens == (6,)

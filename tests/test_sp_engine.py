@@ -119,29 +119,35 @@ def _attention_errors(sp) -> dict[str, float]:
 
 
 def _wan_error(sp) -> float:
-    """A tiny random Wan2.1 DiT, one process vs this layout: two samples of 27 and 12 tokens (seq_len 27)."""
+    """A tiny random Wan2.1 DiT, one process vs this layout: two samples of 27 and 12 tokens (seq_len 27); after
+    the seams are undone the model is a one-process model again (bit-identical, else the error is inf)."""
     from wan.distributed import parallelize_wan_model
     from wan_ckpt_dit import random_tiny_wan
 
     reference, parallel = random_tiny_wan(seed=3), random_tiny_wan(seed=3)
-    parallelize_wan_model(parallel, sp)
+    seams = parallelize_wan_model(parallel, sp)
     generator = torch.Generator().manual_seed(4)
     x = [torch.randn(16, 3, 6, 6, generator=generator), torch.randn(16, 2, 4, 6, generator=generator)]
     context = [torch.randn(5, 32, generator=generator), torch.randn(9, 32, generator=generator)]
     inputs = {"x": x, "t": torch.tensor([900.0, 300.0]), "context": context, "seq_len": 27}
     with torch.no_grad():
         expected, got = reference(**inputs), parallel(**inputs)
+        seams.undo()
+        undone = parallel(**inputs)
+    if not all(torch.equal(a, b) for a, b in zip(expected, undone)):
+        return math.inf
     return max((a - b).abs().max().item() for a, b in zip(expected, got))
 
 
 def _hunyuan_error(sp) -> float:
-    """A tiny random HunyuanVideo DiT, one process vs this layout: 27 image tokens, 10 text tokens (6 and 10 valid)."""
+    """A tiny random HunyuanVideo DiT, one process vs this layout: 27 image tokens, 10 text tokens (6 and 10 valid);
+    inf unless undoing the seams gives the one-process output again, bit for bit."""
     from hy_ckpt_dit import make_tiny_dit
     from hyvideo.modules import get_nd_rotary_pos_embed
     from hyvideo.parallel import parallelize_transformer
 
     reference, parallel = make_tiny_dit(seed=5), make_tiny_dit(seed=5)
-    parallelize_transformer(parallel, sp)
+    seams = parallelize_transformer(parallel, sp)
     generator = torch.Generator().manual_seed(6)
     cos, sin = get_nd_rotary_pos_embed(reference.rope_dim_list, [3, 3, 3], theta=256.0)
     inputs = {"x": torch.randn(2, 16, 3, 6, 6, generator=generator), "t": torch.tensor([999.0, 500.0]),
@@ -151,6 +157,10 @@ def _hunyuan_error(sp) -> float:
               "guidance": torch.tensor([6016.0, 3000.0])}
     with torch.no_grad():
         expected, got = reference(**inputs)["x"], parallel(**inputs)["x"]
+        seams.undo()
+        undone = parallel(**inputs)["x"]
+    if not torch.equal(expected, undone) or parallel._forward_pre_hooks:
+        return math.inf
     return (expected - got).abs().max().item()
 
 

@@ -3,12 +3,13 @@
 References: Tencent/HunyuanVideo sample_video.py + hyvideo/modules/attenion.py and xDiT's
 `parallelize_transformer` (official USP path: `--ulysses-degree U --ring-degree R`, U x R = world size, image
 tokens split, RoPE tables split the same way, text joined to every rank's attention, output gathered). Own code:
-the model's forward runs unchanged; :func:`parallelize_transformer` swaps its seams.
+the model's forward runs unchanged; :func:`parallelize_transformer` swaps its seams through one
+:class:`profilingdit.seams.Seams`, which it returns (``undo()`` makes the model a one-process model again).
 
 * ``embed_image``: the image tokens are padded to a multiple of the world size and rank r keeps chunk r;
 * a forward pre-hook cuts the RoPE tables (``freqs_cos``, ``freqs_sin``) the same way, so every image token keeps
   its global position;
-* a joint-attention backend ``"usp-..."`` (:func:`usp_joint_attention`, registered per transformer): the text,
+* every block's ``attention_kernel`` becomes :func:`usp_joint_attention` (bound to this transformer's layout): the text,
   identical on every rank, is cut into equal chunks that join the local image tokens, so each key is seen exactly
   once across the ranks;
   yunchang's USP attention runs over [local image ; text chunk], padding keys (image padding, padding text
@@ -32,8 +33,9 @@ from profilingdit.parallel import (
     check_parallel_degrees,
     start_sequence_parallel,
 )
+from profilingdit.seams import Seams
 
-from .modules.attention import TextSegments, attention, register_attention_backend
+from .modules.attention import TextSegments, attention
 from .modules.models import HUNYUAN_VIDEO_CONFIG, HYVideoDiffusionTransformer
 
 FLAGS = ("--ulysses-degree", "--ring-degree")
@@ -78,12 +80,15 @@ class _Layout:
     image_tokens: int = 0
 
 
-def parallelize_transformer(transformer: HYVideoDiffusionTransformer, sp: SequenceParallel) -> None:
+def parallelize_transformer(transformer: HYVideoDiffusionTransformer, sp: SequenceParallel) -> Seams:
     """Makes ``transformer`` run on this rank's image tokens (see the module docstring).
 
     Args:
         transformer: the DiT, identical on every rank.
         sp: the engine from :func:`init_parallel`.
+
+    Returns:
+        The swapped seams: ``undo()`` restores the one-process model exactly.
 
     Raises:
         ValueError: the head count is not divisible by the Ulysses degree.
@@ -111,15 +116,15 @@ def parallelize_transformer(transformer: HYVideoDiffusionTransformer, sp: Sequen
         return unpatchify(sp.gather(x, dim=1, length=tt * th * tw), tt, th, tw)
 
     def kernel(q, k, v, segments):
-        return usp_joint_attention(sp, layout.image_tokens, q, k, v, segments)
+        return usp_joint_attention(sp, layout.image_tokens, q, k, v, segments).flatten(2)  # [B, L, H*D]
 
-    transformer.register_forward_pre_hook(shard_rope_tables, with_kwargs=True)
-    transformer.embed_image = embed_and_shard
-    transformer.unpatchify = gather_and_unpatchify
-    backend = f"usp-{sp.degrees.tag()}-{id(transformer):x}"  # one per transformer: the kernel reads its layout
-    register_attention_backend(backend, kernel)
-    transformer.set_attention_backend(backend)
-    transformer.sequence_parallel = sp
+    seams = Seams()
+    seams.hook(transformer.register_forward_pre_hook(shard_rope_tables, with_kwargs=True))
+    seams.swap(transformer, "embed_image", embed_and_shard)
+    seams.swap(transformer, "unpatchify", gather_and_unpatchify)
+    for block in [*transformer.double_blocks, *transformer.single_blocks]:
+        seams.swap(block, "attention_kernel", kernel)
+    return seams
 
 
 def usp_joint_attention(sp: SequenceParallel, image_tokens: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

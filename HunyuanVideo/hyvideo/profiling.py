@@ -2,11 +2,11 @@
 
 Not an upstream module (the official release has no profiling code, method.md section 0).
 
-While a :class:`HunyuanProfiling` block is active:
+While a :class:`HunyuanProfiling` block is active (everything is installed through one
+:class:`profilingdit.seams.Seams` and undone after it):
 
-* every double- and single-stream block uses the attention backend ``"profiling"``
-  (:func:`hyvideo.modules.attention.register_attention_backend`), which first measures the attention each image
-  token receives and then calls the block's previous backend, so outputs are unchanged (bit-identical);
+* every double- and single-stream block's ``attention_kernel`` is wrapped: the wrapper first measures the attention
+  each image token receives, then calls the kernel it wraps, so outputs are unchanged (bit-identical);
 * joint text tokens (method.md section 2.1 item 2 and 2.2): the softmax is the model's own, over the image keys
   and the valid text keys (the official segment 1); only image queries are averaged, and only image keys are
   scored (the text tokens have no place in a spatial foreground mask);
@@ -26,22 +26,9 @@ import torch
 
 from common_cache import attach_cache, detach_cache
 from common_cache.profiling import ProfilingRecorder, received_attention, split_frames
+from profilingdit.seams import Seams
 
-from .modules.attention import attention, register_attention_backend
 from .modules.models import HYVideoDiffusionTransformer
-
-PROFILING_BACKEND = "profiling"
-_ACTIVE: list[HunyuanProfiling] = []
-
-
-def _profiling_kernel(q, k, v, segments):
-    """The registered backend: observe, then run the block's original backend. [B, L, H, D] in and out."""
-    if not _ACTIVE:
-        raise RuntimeError("the 'profiling' attention backend is only usable inside `with HunyuanProfiling(...)`")
-    return _ACTIVE[-1].attend(q, k, v, segments)
-
-
-register_attention_backend(PROFILING_BACKEND, _profiling_kernel)
 
 
 class HunyuanProfiling:
@@ -64,41 +51,33 @@ class HunyuanProfiling:
         self.num_train_timesteps = num_train_timesteps
         self.query_chunk = query_chunk
         self.key_chunk = key_chunk
-        self._backends: dict[tuple[str, int], str] = {}
         self._grid: tuple[int, int, int] | None = None
         self._input: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._hooks = []
+        self._seams = Seams()
 
     def __enter__(self) -> HunyuanProfiling:
         if self.model.block_cache is not None:
             raise ValueError("the model already has a block cache attached: profile the uncached model")
         attach_cache(self.model, self.recorder)
-        for group, blocks in (("double", self.model.double_blocks), ("single", self.model.single_blocks)):
-            for index, block in enumerate(blocks):
-                self._backends[(group, index)] = block.attn_backend
-                block.attn_backend = PROFILING_BACKEND
-        self._hooks = [self.model.register_forward_pre_hook(self._on_input, with_kwargs=True),
-                       self.model.register_forward_hook(self._on_output, with_kwargs=True)]
-        _ACTIVE.append(self)
+        for block in [*self.model.double_blocks, *self.model.single_blocks]:
+            self._seams.swap(block, "attention_kernel", self._observing(block.attention_kernel))
+        self._seams.hook(self.model.register_forward_pre_hook(self._on_input, with_kwargs=True))
+        self._seams.hook(self.model.register_forward_hook(self._on_output, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
-        _ACTIVE.remove(self)
-        for hook in self._hooks:
-            hook.remove()
-        for group, blocks in (("double", self.model.double_blocks), ("single", self.model.single_blocks)):
-            for index, block in enumerate(blocks):
-                block.attn_backend = self._backends[(group, index)]
+        self._seams.undo()
         detach_cache(self.model)
 
-    def attend(self, q, k, v, segments) -> torch.Tensor:
-        """Records the received attention of the image tokens, then runs the block's own backend."""
-        where = self.recorder.current_block
-        inner = self._backends.get(where, "auto") if where is not None else "auto"
-        if where is not None:
-            self._record(q, k, segments)
-        heads, head_dim = q.shape[2], q.shape[3]
-        return attention(q, k, v, segments, backend=inner).unflatten(2, (heads, head_dim))  # [B, L, H, D]
+    def _observing(self, kernel):
+        """``kernel`` preceded by the received-attention measurement of the image tokens (recorded blocks only)."""
+
+        def observe_then_attend(q, k, v, segments):
+            if self.recorder.current_block is not None:
+                self._record(q, k, segments)
+            return kernel(q, k, v, segments)
+
+        return observe_then_attend
 
     def _record(self, q, k, segments) -> None:
         tt, th, tw = self._grid

@@ -2,15 +2,16 @@
 
 Not an upstream module (the official release has no profiling code, method.md section 0).
 
-Capture points, all installed by :class:`WanProfiling` for the duration of a ``with`` block and removed after it
-(outside it the model is untouched: the probe attribute is None and no hook is registered):
+Capture points, all installed by :class:`WanProfiling` through one :class:`profilingdit.seams.Seams` for the
+duration of a ``with`` block and undone after it (outside it the model is untouched):
 
-* ``WanSelfAttention.attention_probe`` of every block receives the queries and keys the attention kernel gets
-  (after q/k-norm and RoPE); the attention each token receives is computed from them chunk-wise
-  (:func:`common_cache.profiling.received_attention`), over the valid (unpadded) tokens, and split into latent
-  frames.
-* A forward hook on :class:`WanModel` takes each branch's velocity prediction v and forms the clean estimate
-  ``x0 = x_t - sigma * v`` (flow matching, ``sigma = t / num_train_timesteps``).
+* ``WanSelfAttention.attention_kernel`` of every block is wrapped: the wrapper sees the queries and keys the
+  kernel gets (after q/k-norm and RoPE), computes the attention each token receives from them chunk-wise
+  (:func:`common_cache.profiling.received_attention`) over the valid (unpadded) tokens, splits it into latent
+  frames, then calls the kernel it wraps;
+* a forward pre-hook on :class:`WanModel` reads each sample's token grid, and a forward hook takes each branch's
+  velocity prediction v and forms the clean estimate ``x0 = x_t - sigma * v`` (flow matching,
+  ``sigma = t / num_train_timesteps``).
 * The :class:`ProfilingRecorder` is attached as the model's block cache, so :meth:`WanT2V.generate` (unchanged)
   tells it the step index and guidance branch; the branches are combined with classifier-free guidance exactly as
   the sampler does.
@@ -24,6 +25,7 @@ import torch
 
 from common_cache import attach_cache, detach_cache
 from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
+from profilingdit.seams import Seams
 
 from .modules.model import WanModel
 
@@ -61,33 +63,46 @@ class WanProfiling:
         self.num_train_timesteps = num_train_timesteps
         self.query_chunk = query_chunk
         self.key_chunk = key_chunk
-        self._hook = None
+        self._seams = Seams()
+        self._grid_sizes: list[tuple[int, int, int]] = []  # the current forward's token grid per sample
 
     def __enter__(self) -> WanProfiling:
         if self.model.block_cache is not None:
             raise ValueError("the model already has a block cache attached: profile the uncached model")
         attach_cache(self.model, self.recorder)
         for block in self.model.blocks:
-            block.self_attn.attention_probe = self._on_attention
-        self._hook = self.model.register_forward_hook(self._on_output, with_kwargs=True)
+            attention = block.self_attn
+            self._seams.swap(attention, "attention_kernel", self._observing(attention.attention_kernel))
+        self._seams.hook(self.model.register_forward_pre_hook(self._on_input, with_kwargs=True))
+        self._seams.hook(self.model.register_forward_hook(self._on_output, with_kwargs=True))
         return self
 
     def __exit__(self, *exc) -> None:
-        for block in self.model.blocks:
-            block.self_attn.attention_probe = None
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        self._seams.undo()
         detach_cache(self.model)
 
-    def _on_attention(self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor, grid_sizes: torch.Tensor):
+    def _observing(self, kernel: Callable) -> Callable:
+        """``kernel`` preceded by the received-attention measurement of its queries and keys."""
+
+        def observe_then_attend(q, k, v, k_lens=None, **kwargs):
+            self._on_attention(q, k, k_lens)
+            return kernel(q, k, v, k_lens=k_lens, **kwargs)
+
+        return observe_then_attend
+
+    def _on_input(self, module, args, kwargs):
+        latents = args[0] if args else kwargs["x"]
+        p_t, p_h, p_w = module.patch_size
+        self._grid_sizes = [(u.shape[1] // p_t, u.shape[2] // p_h, u.shape[3] // p_w) for u in latents]
+
+    def _on_attention(self, q: torch.Tensor, k: torch.Tensor, seq_lens: torch.Tensor):
         if self.recorder.current_block is None:
             return
         with torch.no_grad():
             received = received_attention(q, k, key_lens=seq_lens, query_lens=seq_lens,
                                           query_chunk=self.query_chunk, key_chunk=self.key_chunk)  # [B, L]
         per_sample = []
-        for b, (f, h, w) in enumerate(grid_sizes.tolist()):
+        for b, (f, h, w) in enumerate(self._grid_sizes):
             per_sample.append(split_frames(received[b], f, h * w))  # [T, P]
         if any(s.shape != per_sample[0].shape for s in per_sample):
             raise ValueError("profiling needs every sample of a batch to have the same latent grid")

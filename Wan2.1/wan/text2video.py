@@ -115,8 +115,8 @@ class WanT2V:
         logging.info("Creating WanModel from %s", checkpoint_dir)
         self.model = load_component("DiT weights", checkpoint_dir, lambda: load_wan_model(
             checkpoint_dir, device="cpu", expected_config=config)).requires_grad_(False)
-        if use_usp:
-            parallelize_wan_model(self.model, sequence_parallel)
+        # The sequence-parallel seams of the DiT (None on one process); .undo() makes it a one-process model again.
+        self.parallel_seams = parallelize_wan_model(self.model, sequence_parallel) if use_usp else None
         self.param_dtype = torch.float32 if self.on_cpu else config.param_dtype
 
     # ------------------------------------------------------------------------------------------------------------

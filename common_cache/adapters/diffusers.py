@@ -5,7 +5,8 @@ enabled, each stack's ``nn.ModuleList`` is swapped for a :class:`CachedBlockList
 modules (so ``state_dict`` keys, ``.to()``, ``parameters()`` and ``stack[i]`` are unchanged) but whose iteration
 yields a single :class:`StackCall`: the forward's loop then makes one call, which hands the original blocks to
 :func:`common_cache.run_blocks` and hence to the policy, exactly as our own models do. :meth:`DiffusersAdapter.remove`
-puts the original lists back and removes the forward hooks that capture the cache signals.
+puts the original lists back and removes the forward hooks that capture the cache signals (one
+:class:`profilingdit.seams.Seams` holds every change).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from common_cache.adapters.registry import DiffusersModelSpec, StackSpec
 from common_cache.runner import SIGNALS_KEYWORD, run_blocks
+from profilingdit.seams import Seams
 
 
 class _BlocksWithArgs(Sequence):
@@ -98,8 +99,7 @@ class DiffusersAdapter:
         self.spec = spec
         self.policy = policy
         self.captured: dict[str, Any] = {}
-        self._originals: dict[str, nn.ModuleList] = {}
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._seams = Seams()
 
     def depths(self) -> dict[str, int]:
         """Our stream group name -> number of blocks of each stack (what ``policy.bind`` checks)."""
@@ -121,11 +121,11 @@ class DiffusersAdapter:
         self.policy.bind(self.depths())
         for stack in self.spec.stacks:
             original = self._stack(stack)
-            self._originals[stack.attribute] = original
-            setattr(self.transformer, stack.attribute, CachedBlockList(original, StackCall(self, stack, original)))
+            cached = CachedBlockList(original, StackCall(self, stack, original))
+            self._seams.swap(self.transformer, stack.attribute, cached)
         for name in self.spec.capture:
             module = self.transformer.get_submodule(name)
-            self._handles.append(module.register_forward_hook(self._capture_hook(name)))
+            self._seams.hook(module.register_forward_hook(self._capture_hook(name)))
 
     def _capture_hook(self, name: str) -> Callable:
         def hook(_module, _args, output):
@@ -135,10 +135,5 @@ class DiffusersAdapter:
 
     def remove(self) -> None:
         """Puts the original block lists back and removes the hooks (the model is as before :meth:`install`)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for attribute, original in self._originals.items():
-            setattr(self.transformer, attribute, original)
-        self._originals.clear()
+        self._seams.undo()
         self.captured.clear()

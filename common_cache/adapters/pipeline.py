@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from profilingdit.seams import Seams
+
 # diffusers cache_context name -> our guidance branch name.
 BRANCHES = {"cond": "cond", "uncond": "uncond"}
 DEFAULT_BRANCH = "cond"
@@ -59,23 +61,20 @@ class PipelineDriver:
         self._schedule: list[float] = []
         self._last_step: dict[str, int] = {}
         self._open: contextlib.AbstractContextManager | None = None
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._seams = Seams()
 
     # ----------------------------------------------------------------------------------------------------------
 
     def install(self) -> None:
         """Adds the two forward hooks and the ``cache_context`` wrapper to the transformer."""
         original = self.transformer.cache_context  # the bound class method
-        self.transformer.cache_context = functools.partial(self._cache_context, original)
-        self._handles.append(self.transformer.register_forward_pre_hook(self._before, with_kwargs=True))
-        self._handles.append(self.transformer.register_forward_hook(self._after, always_call=True))
+        self._seams.swap(self.transformer, "cache_context", functools.partial(self._cache_context, original))
+        self._seams.hook(self.transformer.register_forward_pre_hook(self._before, with_kwargs=True))
+        self._seams.hook(self.transformer.register_forward_hook(self._after, always_call=True))
 
     def remove(self) -> None:
         """Removes the hooks and the wrapper (``cache_context`` is the class's method again)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.transformer.__dict__.pop("cache_context", None)
+        self._seams.undo()
         self._close()
 
     @contextlib.contextmanager

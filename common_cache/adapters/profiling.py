@@ -29,6 +29,7 @@ from torch import nn
 from common_cache.adapters.api import disable_cache, enable_cache, enabled_policy
 from common_cache.adapters.registry import diffusers_spec
 from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
+from profilingdit.seams import Seams
 
 
 def _rotate(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -155,9 +156,7 @@ class DiffusersProfiling:
         self.stacks, self.probe = spec.stacks, PROBES[spec.class_name]
         self.num_train_timesteps = num_train_timesteps
         self.query_chunk, self.key_chunk = query_chunk, key_chunk
-        self._attentions: list[nn.Module] = []
-        self._processors: list[Any] = []
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._seams = Seams()
         self._grid: tuple[int, int, int] | None = None  # latent frames, height and width in tokens
         self._valid_text: int | None = None  # unpadded text tokens of the current call (None: all)
 
@@ -169,27 +168,19 @@ class DiffusersProfiling:
         """
         if enabled_policy(self.target) is not None:
             raise ValueError("DiffusersProfiling: the target already has a cache enabled: profile the uncached model")
-        self._attentions = [getattr(blocks[i], name)  # index, not iterate: an enabled cache makes one stack call
-                            for stack, name in zip(self.stacks, self.probe.attention)
-                            for blocks in [getattr(self.transformer, stack.attribute)] for i in range(len(blocks))]
+        attentions = [getattr(blocks[i], name)  # index, not iterate: an enabled cache makes one stack call
+                      for stack, name in zip(self.stacks, self.probe.attention)
+                      for blocks in [getattr(self.transformer, stack.attribute)] for i in range(len(blocks))]
         enable_cache(self.target, self.recorder)
-        self._processors = [attention.processor for attention in self._attentions]
-        for attention, original in zip(self._attentions, self._processors):
-            attention.processor = _ProbingProcessor(original, self._on_attention)
+        for attention in attentions:
+            self._seams.swap(attention, "processor", _ProbingProcessor(attention.processor, self._on_attention))
+        self._seams.hook(self.transformer.register_forward_pre_hook(self._on_input, with_kwargs=True))
         # prepend: the prediction is recorded before the pipeline driver's own hook closes the step
-        self._handles = [
-            self.transformer.register_forward_pre_hook(self._on_input, with_kwargs=True),
-            self.transformer.register_forward_hook(self._on_output, with_kwargs=True, prepend=True),
-        ]
+        self._seams.hook(self.transformer.register_forward_hook(self._on_output, with_kwargs=True, prepend=True))
         return self
 
     def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        for attention, original in zip(self._attentions, self._processors):
-            attention.processor = original
-        self._attentions, self._processors = [], []
+        self._seams.undo()
         disable_cache(self.target)
 
     # ----------------------------------------------------------------------------------------------------------

@@ -19,9 +19,9 @@ only the *keys* (padding keys are hidden from every query), so its padding-text 
 valid text, while here (as officially) they attend to the padding tokens only. Image outputs and valid-text
 rows agree; the padding rows of the text stream differ, and they never influence image or valid-text rows.
 
-This function is the seam for sequence parallelism: a parallel kernel with the same arguments (the image part
-of the sequence is then this rank's shard, the text part is whole) is added with
-:func:`register_attention_backend` and selected per model with `set_attention_backend`.
+Every block calls it through its ``attention_kernel`` attribute (the seam, swapped only through
+:class:`profilingdit.seams.Seams`): profiling wraps it to observe q and k, sequence parallelism replaces it by a
+kernel with the same arguments (the image part of the sequence is then this rank's shard, the text part whole).
 """
 
 from collections.abc import Callable
@@ -93,13 +93,6 @@ def attention(
         backend = "flash" if _flash_usable(q) else "sdpa"
     check_attention_backend(backend)
     return _KERNELS[backend](q, k, v, segments).flatten(2)  # [B, L, H*D]
-
-
-def register_attention_backend(name: str, kernel: Callable[..., torch.Tensor]) -> None:
-    """Adds a joint-attention kernel `kernel(q, k, v, segments) -> [B, L, H, D]` under `name`."""
-    if name == "auto":
-        raise ValueError("backend name 'auto' is reserved")
-    _KERNELS[name] = kernel
 
 
 def attention_backends() -> tuple[str, ...]:

@@ -90,7 +90,7 @@ class MMDoubleStreamBlock(nn.Module):
         super().__init__()
         factory = {"dtype": dtype, "device": device}
         self.heads_num = heads_num
-        self.attn_backend = "auto"
+        self.attention_kernel = attention  # the seam: (q, k, v, segments) -> [B, L, C] (see attention.py)
         head_dim = hidden_size // heads_num
         mlp_hidden = int(hidden_size * mlp_width_ratio)
         gelu_tanh = get_activation_layer("gelu_tanh")
@@ -148,7 +148,7 @@ class MMDoubleStreamBlock(nn.Module):
         q = torch.cat((img_q, txt_q), dim=1)  # [B, N_img + N_txt, H, D], image first
         k = torch.cat((img_k, txt_k), dim=1)
         v = torch.cat((img_v, txt_v), dim=1)
-        attn = attention(q, k, v, segments, backend=self.attn_backend)  # [B, N_img + N_txt, C]
+        attn = self.attention_kernel(q, k, v, segments)  # [B, N_img + N_txt, C]
         img_attn, txt_attn = attn[:, : img.shape[1]], attn[:, img.shape[1] :]
         img = _gated_residuals(img, img_attn, img_mods, self.img_attn_proj, self.img_norm2, self.img_mlp)
         txt = _gated_residuals(txt, txt_attn, txt_mods, self.txt_attn_proj, self.txt_norm2, self.txt_mlp)
@@ -193,7 +193,7 @@ class MMSingleStreamBlock(nn.Module):
         factory = {"dtype": dtype, "device": device}
         self.hidden_size = hidden_size
         self.heads_num = heads_num
-        self.attn_backend = "auto"
+        self.attention_kernel = attention  # the seam: (q, k, v, segments) -> [B, L, C] (see attention.py)
         head_dim = hidden_size // heads_num
         self.mlp_hidden_dim = int(hidden_size * mlp_width_ratio)
         # linear1 rows: [q ‖ k ‖ v ‖ mlp-in]; linear2 input: [attention ‖ GELU(mlp)].
@@ -234,7 +234,7 @@ class MMSingleStreamBlock(nn.Module):
         img_q, img_k = apply_rotary_emb(q[:, :-txt_len], k[:, :-txt_len], freqs_cis)
         q = torch.cat((img_q, q[:, -txt_len:]), dim=1)
         k = torch.cat((img_k, k[:, -txt_len:]), dim=1)
-        attn = attention(q, k, v, segments, backend=self.attn_backend)  # [B, L, C]
+        attn = self.attention_kernel(q, k, v, segments)  # [B, L, C]
         output = self.linear2(torch.cat((attn, self.mlp_act(mlp)), 2))
         return x + apply_gate(output, gate=mod_gate)
 
@@ -324,10 +324,11 @@ class HYVideoDiffusionTransformer(nn.Module):
         return {"double": len(self.double_blocks), "single": len(self.single_blocks)}
 
     def set_attention_backend(self, backend: str) -> None:
-        """Selects the joint-attention kernel of every block: "auto", "flash", "sdpa" or a registered one."""
+        """Selects the joint-attention kernel of every block: "auto", "flash" or "sdpa"."""
         check_attention_backend(backend)
+        kernel = attention if backend == "auto" else functools.partial(attention, backend=backend)
         for block in [*self.double_blocks, *self.single_blocks]:
-            block.attn_backend = backend
+            block.attention_kernel = kernel
 
     def token_grid(self, x: torch.Tensor) -> tuple[int, int, int]:
         """(tt, th, tw) token grid of a latent x [B, C, t, h, w]."""

@@ -4,7 +4,8 @@ References: Wan2.1 wan/distributed/xdit_context_parallel.py (what the official U
 padded token axis, RoPE at global positions, self-attention through USP, cross-attention local). Own code: no
 forward and no RoPE is copied; the model's own methods run, three seams are swapped.
 
-On every rank the model runs its own forward unchanged. :func:`parallelize_wan_model` swaps
+On every rank the model runs its own forward unchanged. :func:`parallelize_wan_model` swaps, through one
+:class:`profilingdit.seams.Seams` that it returns (``undo()`` makes the model a one-process model again),
 
 1. ``patchify_and_pad``: the padded token sequence ``[B, seq_len, C]`` is padded further to a multiple of the world
    size and cut into equal chunks; rank r keeps chunk r (the first block's input);
@@ -27,17 +28,21 @@ from __future__ import annotations
 import torch
 
 from profilingdit.parallel import SequenceParallel, check_heads
+from profilingdit.seams import Seams
 
 from ..modules.model import WanModel
 
 
-def parallelize_wan_model(model: WanModel, sp: SequenceParallel, flag: str = "--ulysses_size") -> None:
+def parallelize_wan_model(model: WanModel, sp: SequenceParallel, flag: str = "--ulysses_size") -> Seams:
     """Makes ``model`` run its blocks on this rank's chunk of every sequence (see the module docstring).
 
     Args:
         model: the DiT, identical on every rank.
         sp: the engine from :func:`profilingdit.parallel.init_sequence_parallel`.
         flag: the command line's name of the Ulysses degree (for the messages).
+
+    Returns:
+        The swapped seams: ``undo()`` restores the one-process model exactly.
 
     Raises:
         ValueError: the head count is not divisible by the Ulysses degree; a local attention window.
@@ -58,12 +63,13 @@ def parallelize_wan_model(model: WanModel, sp: SequenceParallel, flag: str = "--
     def kernel(q, k, v, k_lens=None, window_size=(-1, -1), **_):
         return usp_self_attention(sp, q, k, v, k_lens=k_lens, window_size=window_size)
 
-    model.patchify_and_pad = patchify_and_shard
-    model.unpatchify = gather_and_unpatchify
+    seams = Seams()
+    seams.swap(model, "patchify_and_pad", patchify_and_shard)
+    seams.swap(model, "unpatchify", gather_and_unpatchify)
     for block in model.blocks:
-        block.self_attn.attention_kernel = kernel
-        block.self_attn.shard_index = sp.rank
-    model.sequence_parallel = sp
+        seams.swap(block.self_attn, "attention_kernel", kernel)
+        seams.swap(block.self_attn, "shard_index", sp.rank)
+    return seams
 
 
 def usp_self_attention(sp: SequenceParallel, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -171,10 +171,8 @@ class WanSelfAttention(nn.Module):
         self.o = nn.Linear(dim, dim)
         self.norm_q = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = WanRMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
-        # Profiling seam (wan/profiling.py): called as probe(q, k, seq_lens, grid_sizes) with the exact queries and
-        # keys the attention kernel gets. A plain attribute, None outside profiling (one `is None` test per call).
-        self.attention_probe = None
-        # Sequence-parallel seams (wan/distributed): the self-attention kernel (the signature of `attention`), and
+        # Seams, swapped only through profilingdit.seams.Seams (undone together): the self-attention kernel (the
+        # signature of `attention`; profiling wraps it to observe q and k, sequence parallelism replaces it), and
         # which chunk of x.shape[1] tokens of every sequence this process holds (RoPE uses global positions).
         self.attention_kernel = attention
         self.shard_index = 0
@@ -196,8 +194,6 @@ class WanSelfAttention(nn.Module):
         v = self.v(x).view(b, s, n, d)
         offset = self.shard_index * s
         q, k = rope_apply(q, grid_sizes, freqs, offset), rope_apply(k, grid_sizes, freqs, offset)  # fp32
-        if self.attention_probe is not None:
-            self.attention_probe(q, k, seq_lens, grid_sizes)
         out = self.attention_kernel(q, k, v, k_lens=seq_lens, window_size=self.window_size)
         return self.o(out.flatten(2))  # [B, L, C]
 
