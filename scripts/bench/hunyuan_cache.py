@@ -20,7 +20,6 @@ cached latents are from the full ones.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 
@@ -36,6 +35,7 @@ from profilingdit.bench.hunyuan_harness import (
     scaled_paper_profile,
     timed_run,
 )
+from profilingdit.files import write_json_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,8 +112,7 @@ def main(argv=None) -> int:
     print(f"cache buffers peak {result['peak_buffer_mib']:.1f} MiB, engine time {stats.engine_seconds:.3f} s; "
           f"cached vs full latents: relative L2 {result['latent_rel_l2']:.2e}")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+        write_json_atomic(args.json, result)
     return 0
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from common_cache import CacheProfile, DeltaCache, attach_cache, detach_cache
+from profilingdit.files import write_json_atomic
 from profilingdit.metrics import video as video_metrics
 
 from ..cache_profiles import builtin_profile_path
@@ -177,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['num_prompts']} held-out prompts, {result['steps']} steps, profile {result['profile']} "
               f"(cached blocks {result['cached_blocks']}), {time.time() - start:.0f} s")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+        write_json_atomic(args.json, result)
     return 0
 
 

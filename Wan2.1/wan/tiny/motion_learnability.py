@@ -31,6 +31,8 @@ import time
 import numpy as np
 import torch
 
+from profilingdit.files import write_json_atomic
+
 from ..configs import WAN_CONFIGS
 from ..modules.model import WanModel
 from ..text2video import WanT2V
@@ -180,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"settings": vars(args), **train_and_track(pipeline, args)}
     print(json.dumps({"ceiling": result["ceiling"], "final": result["history"][-1]}))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=1)
+        write_json_atomic(args.json, result)
     return 0
 
 
