@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from common_cache import attach_cache, detach_cache
 from common_cache.profiling import ProfilingRecorder, received_attention, split_frames
-from profilingdit.seams import Seams
+from common_cache.profiling.session import ModelProfiling
 
 from .modules.models import HYVideoDiffusionTransformer
 
 
-class HunyuanProfiling:
+class HunyuanProfiling(ModelProfiling):
     """Context manager that profiles every generation of ``model`` run inside it.
 
     Args:
@@ -45,29 +44,13 @@ class HunyuanProfiling:
 
     def __init__(self, model: HYVideoDiffusionTransformer, recorder: ProfilingRecorder, guidance_scale: float = 1.0,
                  num_train_timesteps: int = 1000, query_chunk: int = 256, key_chunk: int | None = None):
-        self.model = model
-        self.recorder = recorder
+        super().__init__(model, recorder, num_train_timesteps, query_chunk, key_chunk)
         self.guidance_scale = guidance_scale
-        self.num_train_timesteps = num_train_timesteps
-        self.query_chunk = query_chunk
-        self.key_chunk = key_chunk
         self._grid: tuple[int, int, int] | None = None
         self._input: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._seams = Seams()
 
-    def __enter__(self) -> HunyuanProfiling:
-        if self.model.block_cache is not None:
-            raise ValueError("the model already has a block cache attached: profile the uncached model")
-        attach_cache(self.model, self.recorder)
-        for block in [*self.model.double_blocks, *self.model.single_blocks]:
-            self._seams.swap(block, "attention_kernel", self._observing(block.attention_kernel))
-        self._seams.hook(self.model.register_forward_pre_hook(self._on_input, with_kwargs=True))
-        self._seams.hook(self.model.register_forward_hook(self._on_output, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._seams.undo()
-        detach_cache(self.model)
+    def _kernel_owners(self) -> list[torch.nn.Module]:
+        return [*self.model.double_blocks, *self.model.single_blocks]
 
     def _observing(self, kernel):
         """``kernel`` preceded by the received-attention measurement of the image tokens (recorded blocks only)."""

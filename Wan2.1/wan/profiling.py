@@ -25,7 +25,7 @@ import torch
 
 from common_cache import attach_cache, detach_cache
 from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
-from profilingdit.seams import Seams
+from common_cache.profiling.session import ModelProfiling
 
 from .modules.model import WanModel
 
@@ -46,8 +46,9 @@ def classifier_free_guidance(guide_scale: float):
     return combine
 
 
-class WanProfiling:
-    """Context manager that profiles every generation of ``model`` run inside it.
+class WanProfiling(ModelProfiling):
+    """Context manager that profiles every generation of ``model`` run inside it (see
+    :class:`common_cache.profiling.session.ModelProfiling`).
 
     Args:
         model: the DiT (``pipeline.model``); it must have no cache attached.
@@ -58,28 +59,11 @@ class WanProfiling:
 
     def __init__(self, model: WanModel, recorder: ProfilingRecorder, num_train_timesteps: int = 1000,
                  query_chunk: int = 256, key_chunk: int | None = None):
-        self.model = model
-        self.recorder = recorder
-        self.num_train_timesteps = num_train_timesteps
-        self.query_chunk = query_chunk
-        self.key_chunk = key_chunk
-        self._seams = Seams()
+        super().__init__(model, recorder, num_train_timesteps, query_chunk, key_chunk)
         self._grid_sizes: list[tuple[int, int, int]] = []  # the current forward's token grid per sample
 
-    def __enter__(self) -> WanProfiling:
-        if self.model.block_cache is not None:
-            raise ValueError("the model already has a block cache attached: profile the uncached model")
-        attach_cache(self.model, self.recorder)
-        for block in self.model.blocks:
-            attention = block.self_attn
-            self._seams.swap(attention, "attention_kernel", self._observing(attention.attention_kernel))
-        self._seams.hook(self.model.register_forward_pre_hook(self._on_input, with_kwargs=True))
-        self._seams.hook(self.model.register_forward_hook(self._on_output, with_kwargs=True))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._seams.undo()
-        detach_cache(self.model)
+    def _kernel_owners(self) -> list[torch.nn.Module]:
+        return [block.self_attn for block in self.model.blocks]
 
     def _observing(self, kernel: Callable) -> Callable:
         """``kernel`` preceded by the received-attention measurement of its queries and keys."""
