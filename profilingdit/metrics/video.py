@@ -272,17 +272,6 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.inf
 
 
-def finite_json(value):
-    """``value`` with every infinite or NaN float as None: strict JSON has no Infinity (the flags say why)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: finite_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [finite_json(item) for item in value]
-    return value
-
-
 def _fmt(value, digits: int) -> str:
     if value is None:
         return "-"
