@@ -51,6 +51,7 @@ from common_cache.profiling import (
     plot_heatmap,
 )
 from common_cache.profiling.budget import budgeted_profile
+from common_cache.profiling.session import record_prompts
 from profilingdit.profiling_cli import (
     add_budget_args,
     add_decision_args,
@@ -300,18 +301,16 @@ def profile_prompts(args: argparse.Namespace, sampler, recorder: ProfilingRecord
                     on_prompt_done) -> ProfileStatistics:
     """Generates prompts ``skip..`` (latents only) inside :class:`HunyuanProfiling`; ``on_prompt_done`` gets the
     statistics after each prompt."""
+    def generate(index: int) -> None:
+        sampler.predict(
+            prompt=args.prompts[index], height=args.video_size[0], width=args.video_size[1],
+            video_length=args.video_length, seed=args.base_seed + index, negative_prompt=args.neg_prompt,
+            infer_steps=args.infer_steps, guidance_scale=args.cfg_scale, flow_shift=args.flow_shift,
+            embedded_guidance_scale=args.embedded_cfg_scale, progress=False, decode=False)
+
     with HunyuanProfiling(sampler.model, recorder, guidance_scale=args.cfg_scale, query_chunk=args.query_chunk):
-        for index in range(skip, len(args.prompts)):
-            recorder.prompt_index = index
-            sampler.predict(
-                prompt=args.prompts[index], height=args.video_size[0], width=args.video_size[1],
-                video_length=args.video_length, seed=args.base_seed + index, negative_prompt=args.neg_prompt,
-                infer_steps=args.infer_steps, guidance_scale=args.cfg_scale, flow_shift=args.flow_shift,
-                embedded_guidance_scale=args.embedded_cfg_scale, progress=False, decode=False)
-            statistics = recorder.end()
-            statistics.prompts.append(args.prompts[index])
-            on_prompt_done(statistics)
-    return recorder.statistics
+        return record_prompts(recorder, args.prompts, generate, skip,
+                              lambda index, statistics: on_prompt_done(statistics))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 
 from common_cache import attach_cache, detach_cache
 from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
-from common_cache.profiling.session import ModelProfiling
+from common_cache.profiling.session import ModelProfiling, record_prompts
 
 from .modules.model import WanModel
 
@@ -130,16 +130,12 @@ def profile_prompts(
     Returns:
         The statistics over all prompts.
     """
+    def generate(index: int) -> None:
+        pipeline.generate(prompts[index], seed=base_seed + index, progress=False, offload_model=False,
+                          **generate_kwargs)
+
     with WanProfiling(pipeline.model, recorder, pipeline.num_train_timesteps, query_chunk=query_chunk):
-        for index in range(skip, len(prompts)):
-            recorder.prompt_index = index
-            pipeline.generate(prompts[index], seed=base_seed + index, progress=False, offload_model=False,
-                              **generate_kwargs)
-            statistics = recorder.end()
-            statistics.prompts.append(prompts[index])
-            if on_prompt_done is not None:
-                on_prompt_done(index, statistics)
-    return recorder.statistics
+        return record_prompts(recorder, prompts, generate, skip, on_prompt_done)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from torch import nn
 from common_cache.adapters.api import disable_cache, enable_cache, enabled_policy
 from common_cache.adapters.registry import diffusers_spec
 from common_cache.profiling import ProfileStatistics, ProfilingRecorder, received_attention, split_frames
+from common_cache.profiling.session import record_prompts
 from profilingdit.seams import Seams
 
 
@@ -238,11 +239,5 @@ def profile_pipeline(pipeline: Any, recorder: ProfilingRecorder, prompts: Sequen
         The statistics over all prompts (give them to :func:`common_cache.profiling.build_profile`).
     """
     with DiffusersProfiling(pipeline, recorder):
-        for index, prompt in enumerate(prompts):
-            recorder.prompt_index = index
-            call(pipeline, prompt, base_seed + index)
-            statistics = recorder.end()
-            statistics.prompts.append(prompt if isinstance(prompt, str) else f"prompt {index}")
-            if on_prompt_done is not None:
-                on_prompt_done(index, statistics)
-    return recorder.statistics
+        return record_prompts(recorder, prompts, lambda index: call(pipeline, prompts[index], base_seed + index),
+                              on_prompt_done=on_prompt_done)

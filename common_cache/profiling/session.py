@@ -1,15 +1,17 @@
-"""What both models' profiling context managers share: attach the recorder, wrap every attention kernel, hook the
-model's input and output, and undo all of it on exit (``wan.profiling.WanProfiling``,
-``hyvideo.profiling.HunyuanProfiling``)."""
+"""What both models' profilers share: the context manager that attaches the recorder, wraps every attention
+kernel, hooks the model's input and output and undoes all of it on exit (``wan.profiling.WanProfiling``,
+``hyvideo.profiling.HunyuanProfiling``), and the prompt loop (:func:`record_prompts`, also used on diffusers
+pipelines)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from common_cache.policy import attach_cache, detach_cache
 from common_cache.profiling.recorder import ProfilingRecorder
+from common_cache.profiling.statistics import ProfileStatistics
 from profilingdit.seams import Seams
 
 
@@ -63,3 +65,29 @@ class ModelProfiling:
     def _observing(self, kernel: Callable) -> Callable:
         """``kernel`` preceded by the measurement of the queries and keys it gets."""
         raise NotImplementedError
+
+
+def record_prompts(recorder: ProfilingRecorder, prompts: Sequence, generate: Callable[[int], object],
+                   skip: int = 0, on_prompt_done: Callable[[int, ProfileStatistics], None] | None = None,
+                   ) -> ProfileStatistics:
+    """The profilers' prompt loop: ``generate(i)`` for prompts ``skip..``, each closed as one generation.
+
+    Args:
+        recorder: the recorder, attached to the model (inside a profiling context).
+        prompts: all profiling prompts (a non-string prompt, e.g. embeddings, is listed as ``"prompt <i>"``).
+        generate: runs the generation of prompt ``i`` (with the caller's seed and settings).
+        skip: prompts already profiled (resume): not run again.
+        on_prompt_done: called after each prompt with its index and the statistics so far (e.g. to save them).
+
+    Returns:
+        The statistics over all prompts.
+    """
+    for index in range(skip, len(prompts)):
+        recorder.prompt_index = index
+        generate(index)
+        statistics = recorder.end()
+        prompt = prompts[index]
+        statistics.prompts.append(prompt if isinstance(prompt, str) else f"prompt {index}")
+        if on_prompt_done is not None:
+            on_prompt_done(index, statistics)
+    return recorder.statistics
