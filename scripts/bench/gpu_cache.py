@@ -60,7 +60,7 @@ def on_depth(config: CacheConfig, depth: int) -> CacheConfig:
         raise SystemExit(f"--cache_profile: a profile of depth {group.depth} with units "
                          f"{[(u.first, u.last) for u in units]} does not fit a {depth}-block model: only a "
                          "whole-stack profile (one unit over all blocks) is applied at another depth")
-    unit = dataclasses.replace(group.units[0], first=0, last=depth - 1)
+    unit = dataclasses.replace(units[0], first=0, last=depth - 1)  # resolved: also a profile without units
     return CacheConfig((dataclasses.replace(group, depth=depth, cached_blocks=tuple(range(depth)), units=(unit,)),))
 
 
