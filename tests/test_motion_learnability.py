@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-
+from wan.configs import WAN_CONFIGS
+from wan.modules.vae import WanVAE
 from wan.tiny import data
 from wan.tiny import motion_learnability as learnability
 
@@ -37,10 +38,12 @@ def test_motion_accuracy_scores_the_generators_own_videos():
         "motion": 0.0, "colour": 1.0, "found_motion": {"down": 1, "left": 1, "right": 1, "up": 1}}
 
 
-def test_short_run_reports_ceiling_and_history(tmp_path, one_thread):
+@pytest.mark.parametrize("amplitude", [0.0, 8.0])
+def test_short_run_reports_ceiling_and_history(tmp_path, one_thread, amplitude):
     out = tmp_path / "learn.json"
     assert learnability.main(["--num_clips", "8", "--steps", "3", "--batch", "2", "--eval_prompts", "4",
-                              "--eval_every", "2", "--sample_steps", "3", "--json", str(out)]) == 0
+                              "--eval_every", "2", "--sample_steps", "3", "--positional_amplitude", str(amplitude),
+                              "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     ceiling = result["ceiling"]  # the VAE round trip keeps every direction
     assert (ceiling["motion"], ceiling["colour"], sum(ceiling["found_motion"].values())) == (1.0, 1.0, 4)
@@ -48,16 +51,34 @@ def test_short_run_reports_ceiling_and_history(tmp_path, one_thread):
     for row in result["history"]:  # shares of the 4 evaluation prompts, and a real loss
         assert row["motion"] * 4 in range(5) and row["colour"] * 4 in range(5)
         assert np.isfinite(row["loss"]) and row["loss"] > 0
+        directions = row["x0_direction"]  # the reader gets every clean latent right; sigmas as listed
+        assert directions["clean"] == 1.0 and list(directions)[1:] == [str(s) for s in learnability.PROBE_SIGMAS]
+        assert all(value * 4 in range(5) for value in directions.values())
     assert result["settings"]["init"] == "fresh"
+    # the ramps' readability is reported only for a run that trains with them
+    assert ("position_readability" in result) == (amplitude > 0)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "--steps 0 is not allowed"),
     (["--speed_scale", "1.5"], "--speed_scale 1.5 is not allowed: must be in (0, 1]"),
     (["--lr", "0"], "--lr 0.0 is not allowed"),
+    (["--positional_amplitude", "-1"], "--positional_amplitude -1.0 is not allowed: must be at least 0"),
     (["--init", "random"], "invalid choice: 'random'"),
 ])
 def test_bad_flags_are_rejected(flags, message, capsys):
     with pytest.raises(SystemExit) as error:
         learnability.main(flags)
     assert error.value.code != 0 and message in capsys.readouterr().err
+
+
+def test_latent_direction_reads_the_encoded_clips():
+    config = WAN_CONFIGS["t2v-tiny"]
+    vae = WanVAE(vae_pth=f"{config.default_ckpt_dir}/{config.vae_checkpoint}")
+    specs = learnability.simple_specs(3, 8, "black")
+    latents = vae.encode(learnability.clips_of(specs))
+    assert [learnability.latent_direction(z) for z in latents] == [s.objects[0].motion for s in specs]
+    # the same latents played backwards move the other way
+    reverse = {"right": "left", "left": "right", "up": "down", "down": "up"}
+    assert [learnability.latent_direction(z.flip(1)) for z in latents] == \
+        [reverse[s.objects[0].motion] for s in specs]
