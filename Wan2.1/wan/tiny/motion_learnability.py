@@ -135,19 +135,18 @@ def x0_direction_accuracy(pipeline: WanT2V, latents: torch.Tensor, specs: list[d
     asked = [spec.objects[0].motion for spec in specs]
     result = {"clean": float(np.mean([latent_direction(z) == a for z, a in zip(latents, asked)]))}
     seq_len = latents[0, 0].numel() // 4
-    for sigma in PROBE_SIGMAS:
-        correct = []
-        for index, (x0, spec) in enumerate(zip(latents, specs)):
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(index)).to(x0)
+    correct = {sigma: [] for sigma in PROBE_SIGMAS}
+    for index, (x0, spec) in enumerate(zip(latents, specs)):
+        context, context_null = pipeline._encode_prompts(data.caption(spec), pipeline.sample_neg_prompt, False)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(index)).to(x0)
+        for sigma in PROBE_SIGMAS:
             x_t = (1 - sigma) * x0 + sigma * noise
-            context, context_null = pipeline._encode_prompts(data.caption(spec), pipeline.sample_neg_prompt, False)
             t = torch.tensor([sigma * pipeline.num_train_timesteps], device=x0.device)
             cond = pipeline.model([x_t], t=t, context=context, seq_len=seq_len)[0]
             uncond = pipeline.model([x_t], t=t, context=context_null, seq_len=seq_len)[0]
             velocity = uncond + guide_scale * (cond - uncond)
-            correct.append(latent_direction(x_t - sigma * velocity) == asked[index])
-        result[str(sigma)] = float(np.mean(correct))
-    return result
+            correct[sigma].append(latent_direction(x_t - sigma * velocity) == asked[index])
+    return {**result, **{str(sigma): float(np.mean(hits)) for sigma, hits in correct.items()}}
 
 
 def evaluate(pipeline: WanT2V, specs: list[data.VideoSpec], latents: torch.Tensor,

@@ -14,9 +14,9 @@ its own absolute position, and once written, position is readable from ``x_t`` b
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
+
+from profilingdit.seams import Seams
 
 POSITION_CHANNELS = (12, 13, 14, 15)
 
@@ -44,15 +44,13 @@ def without_position(latents: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@contextlib.contextmanager
-def position_blind_decoding(vae):
-    """Within the block, ``vae.decode`` (a ``WanVAE``) neutralises the position channels of what it decodes."""
+def position_blind_decoding(vae) -> Seams:
+    """Within the returned context, ``vae.decode`` (a ``WanVAE``) neutralises the position channels of what it
+    decodes; on exit the VAE's own method is back."""
+    seams = Seams()
     decode = vae.decode
-    vae.decode = lambda zs: decode([without_position(z) for z in zs])
-    try:
-        yield vae
-    finally:
-        del vae.decode
+    seams.swap(vae, "decode", lambda zs: decode([without_position(z) for z in zs]))
+    return seams
 
 
 def position_readability(amplitude: float, sigmas: list[float], height: int = 8, width: int = 8, patch: int = 2,
