@@ -23,6 +23,9 @@ MAX_FORECAST_ORDER = 2
 # The abscissa of the residual forecast: the step index, or the sampler's noise level sigma (the pipeline passes
 # the sigmas of the run to ``begin``). The sampler's time t = 1000 * sigma gives the same forecast as sigma.
 FORECAST_ABSCISSAS = ("step", "sigma")
+# What a unit records and a reuse step forecasts: its residual ``out - in`` (added to the unit's input on a reuse
+# step; the paper's kind) or its output (which replaces the skipped blocks' result, whatever the input).
+FORECAST_TARGETS = ("residual", "output")
 
 
 def _duplicates(values) -> list:
@@ -157,6 +160,9 @@ class StreamGroupConfig:
         forecast_order: what a reuse step adds: 0 the last recorded residual (the paper), 1 or 2 the extrapolation
             of the last 2 or 3 recorded residuals (finite differences over ``forecast_abscissa``).
         forecast_abscissa: ``step`` (the step index) or ``sigma`` (the sampler's noise level).
+        forecast_target: ``residual`` (every unit records ``out - in`` and a reuse step adds the forecast to the
+            unit's input) or ``output`` (a unit records its output and a reuse step returns the forecast output,
+            ignoring the input; budgeted whole-stack profiles use it, docs/caching.md).
         units: optional explicit cache units, each with its own warm-up, schedule and forecast order (fields it
             leaves None take the group's); their blocks must be exactly ``cached_blocks``.
     """
@@ -168,6 +174,7 @@ class StreamGroupConfig:
     schedule: Schedule = field(default_factory=lambda: UniformSchedule(6))
     forecast_order: int = 0
     forecast_abscissa: str = "step"
+    forecast_target: str = "residual"
     units: tuple[UnitConfig, ...] = ()
 
     def __post_init__(self) -> None:
@@ -200,6 +207,9 @@ class StreamGroupConfig:
         if self.forecast_abscissa not in FORECAST_ABSCISSAS:
             raise ValueError(f"group '{self.name}': forecast_abscissa={self.forecast_abscissa!r} is not allowed: "
                              f"expected one of {list(FORECAST_ABSCISSAS)}")
+        if self.forecast_target not in FORECAST_TARGETS:
+            raise ValueError(f"group '{self.name}': forecast_target={self.forecast_target!r} is not allowed: "
+                             f"expected one of {list(FORECAST_TARGETS)}")
         self._check_units()
 
     def _check_units(self) -> None:
@@ -273,6 +283,8 @@ class StreamGroupConfig:
             data["forecast_order"] = self.forecast_order
         if self.forecast_abscissa != "step":
             data["forecast_abscissa"] = self.forecast_abscissa
+        if self.forecast_target != "residual":
+            data["forecast_target"] = self.forecast_target
         if self.units:
             data["units"] = [u.to_dict() for u in self.units]
         return data
@@ -281,7 +293,7 @@ class StreamGroupConfig:
     def from_dict(cls, data: Mapping) -> StreamGroupConfig:
         _require_object("stream group", data)
         known = {"name", "depth", "cached_blocks", "warmup_steps", "schedule", "forecast_order",
-                 "forecast_abscissa", "units"}
+                 "forecast_abscissa", "forecast_target", "units"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"stream group has unknown fields {unknown}: allowed {sorted(known)}")

@@ -4,7 +4,9 @@ On warm-up and refresh steps every block runs; on refresh steps the residual ("d
 each cache unit is recorded. On reuse steps the computed (foreground) blocks run and each cache unit's residual is
 added instead of running its block(s): with forecast order 0 the last recorded one (the paper), with order 1 or 2
 the extrapolation of its last 2 or 3 records (finite differences over the step index or sigma, or a profile's
-calibrated weights; fixed before the run). Every unit may have its own schedule and order (docs/caching.md).
+calibrated weights; fixed before the run). Every unit may have its own schedule and order (docs/caching.md). A
+group with ``forecast_target: output`` records each unit's output instead, and a reuse step returns the forecast
+output in place of the unit's blocks, whatever their input.
 Differences from the official release (method.md section 8), on purpose:
 
 * state is kept per guidance branch and reset by :meth:`DeltaCache.begin` at the start of every generation;
@@ -178,7 +180,8 @@ class DeltaCache(CachePolicy):
         return hs, block_seconds
 
     def _record(self, state: _BranchState, plan: GroupPlan, unit: int, out: Deltas, inp: Deltas) -> None:
-        deltas = tuple(o - i for o, i in zip(out, inp))
+        # An output record is a copy: the same tensors flow on to the next block, the record must not share them.
+        deltas = tuple(o.clone() for o in out) if plan.forecasts_output else tuple(o - i for o, i in zip(out, inp))
         if self.delta_dtype is not None or self.delta_device is not None:
             deltas = tuple(d.to(device=self.delta_device or d.device, dtype=self.delta_dtype or d.dtype)
                            for d in deltas)
@@ -209,6 +212,7 @@ class DeltaCache(CachePolicy):
             else:  # a forecast (finite differences or calibrated weights), computed in the stream's dtype
                 residual = sum(w * r[j].to(device=h.device, dtype=dtype, non_blocking=True)
                                for w, r in zip(weights, records))
-            summed = h + residual
+            # output forecast: the result itself (a copy is cloned, so nothing downstream can touch the record)
+            summed = (residual.clone() if weights == (1.0,) else residual) if plan.forecasts_output else h + residual
             out.append(summed if summed.dtype == dtype else summed.to(dtype))
         return tuple(out)

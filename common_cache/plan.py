@@ -27,7 +27,7 @@ class Op(IntEnum):
     RUN_RECORD = 1  # run an isolated cached block and record delta = out - in
     OPEN_SPAN = 2  # keep the input of a span, then run its first block
     CLOSE_SPAN = 3  # run a span's last block and record delta = out - span input
-    ADD = 4  # reuse: add the unit's forecast residual instead of running its block(s)
+    ADD = 4  # reuse: add the unit's forecast residual (or return its forecast output) instead of running its blocks
 
 
 class StepKind(IntEnum):
@@ -84,6 +84,8 @@ class GroupPlan:
         units: the cache units in block order.
         unit_configs: each unit's resolved warm-up, schedule and forecast order.
         computed_blocks: blocks that no unit covers (they run on every step: the foreground-focused blocks).
+        forecasts_output: units record their output and a reuse returns its forecast (else: residuals, added to
+            the input).
     """
 
     name: str
@@ -91,6 +93,7 @@ class GroupPlan:
     units: tuple[CacheUnit, ...]
     unit_configs: tuple[UnitConfig, ...]
     computed_blocks: tuple[int, ...]
+    forecasts_output: bool = False
 
     @property
     def history_sizes(self) -> tuple[int, ...]:
@@ -109,7 +112,7 @@ def compile_group(group: StreamGroupConfig) -> GroupPlan:
     units = tuple(CacheUnit(u.first, u.last) for u in configs)
     covered = {b for u in units for b in range(u.first, u.last + 1)}
     computed = tuple(b for b in range(group.depth) if b not in covered)
-    return GroupPlan(group.name, group.depth, units, configs, computed)
+    return GroupPlan(group.name, group.depth, units, configs, computed, group.forecast_target == "output")
 
 
 def unit_step_kinds(where: str, unit: UnitConfig, num_steps: int) -> tuple[StepKind, ...]:

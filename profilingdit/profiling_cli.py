@@ -91,7 +91,7 @@ def add_decision_args(parser: argparse.ArgumentParser, cache_k: dict, default_ou
 
 def add_budget_args(parser: argparse.ArgumentParser, dash: str = "_") -> None:
     """The budgeted-profile options (common_cache.profiling.budget)."""
-    from common_cache.config import MAX_FORECAST_ORDER
+    from common_cache.config import FORECAST_TARGETS, MAX_FORECAST_ORDER
     from common_cache.profiling.budget import LAYOUTS
 
     budget = parser.add_argument_group(
@@ -108,6 +108,15 @@ def add_budget_args(parser: argparse.ArgumentParser, dash: str = "_") -> None:
     budget.add_argument(flag("forecast_damping", dash), dest="forecast_damping", default="auto", metavar="auto|G",
                         help="Scale of the order-1 forecast slope (1 = finite differences); auto (default) picks the "
                              "best of 1.0, 0.9, ..., 0.5 on the profiling prompts (one generation per prompt each).")
+    budget.add_argument(flag("forecast_target", dash), dest="forecast_target", default=None,
+                        choices=list(FORECAST_TARGETS),
+                        help="What a reuse step forecasts: the stack's output (the default with the stack layout) "
+                             "or its residual out - in, added to the current input (the default, and the only "
+                             "choice, with the blocks layout).")
+    budget.add_argument(flag("step_weight_power", dash), dest="step_weight_power", default="auto", metavar="auto|P",
+                        help="The search weighs a forecast's error at step s by (sigma_s - sigma_(s+1))^P; auto "
+                             "(default) searches with P = 1, 0.5, 0, -0.5 and keeps the profile (with its damping) "
+                             "closest to full compute on the profiling prompts.")
     budget.add_argument(flag("residual_elements", dash), dest="residual_elements", type=int, default=1 << 16,
                         help="Residual entries per block and step kept for the search (a fixed random subset).")
 
@@ -124,30 +133,47 @@ def check_budget_args(args: argparse.Namespace, num_steps: int, dash: str = "_")
         raise ValueError(f"{flag('max_forecast_order', dash)} {args.max_forecast_order} is not allowed: expected "
                          f"0..{MAX_FORECAST_ORDER}")
     args.damping = parse_damping(args.forecast_damping, flag("forecast_damping", dash))
+    if args.forecast_target == "output" and args.budget_layout != "stack":
+        raise ValueError(f"{flag('forecast_target', dash)} output is not allowed with {flag('budget_layout', dash)} "
+                         f"{args.budget_layout}: expected residual (only the whole stack's outputs are recorded)")
+    args.power = parse_step_weight_power(args.step_weight_power, flag("step_weight_power", dash))
     if args.residual_elements < 1:
         raise ValueError(f"{flag('residual_elements', dash)} {args.residual_elements} is not allowed: expected an "
                          "integer >= 1")
 
 
-def parse_damping(text: str, shown: str) -> float | None:
-    """``--forecast_damping``: None for ``auto``, else a number in (0, 2]."""
+def parse_auto_number(text: str, shown: str, allowed: Callable[[float], bool], expected: str) -> float | None:
+    """An ``auto|number`` option: None for ``auto``, else the number if ``allowed`` (the error names ``expected``)."""
     if text == "auto":
         return None
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0.0 < value <= 2.0:
-        raise ValueError(f"{shown} {text!r} is not allowed: expected auto or a number in (0, 2] (1 = finite "
-                         "differences)")
+    if not allowed(value):
+        raise ValueError(f"{shown} {text!r} is not allowed: expected auto or {expected}")
     return value
 
 
-def budget_generations(args: argparse.Namespace) -> int:
-    """Generations of a budgeted run: the trajectories, the damping candidates (auto) and the timed check."""
-    from common_cache.profiling.budget import DAMPINGS
+def parse_damping(text: str, shown: str) -> float | None:
+    """``--forecast_damping``: None for ``auto``, else a number in (0, 2]."""
+    return parse_auto_number(text, shown, lambda v: 0.0 < v <= 2.0, "a number in (0, 2] (1 = finite differences)")
 
-    return len(args.prompts) * (3 + (len(DAMPINGS) if args.damping is None else 0))
+
+def parse_step_weight_power(text: str, shown: str) -> float | None:
+    """``--step_weight_power``: None for ``auto``, else a number in [-2, 2]."""
+    return parse_auto_number(text, shown, lambda v: -2.0 <= v <= 2.0,
+                             "a number in [-2, 2] (1 = the sampler's step sizes)")
+
+
+def budget_generations(args: argparse.Namespace) -> int:
+    """Generations of a budgeted run: the trajectories, the closed-loop candidates (step weights x dampings, when
+    more than one) and the timed check."""
+    from common_cache.profiling.budget import DAMPINGS, STEP_WEIGHT_POWERS
+
+    candidates = ((len(STEP_WEIGHT_POWERS) if args.power is None else 1)
+                  * (len(DAMPINGS) if args.damping is None else 1))
+    return len(args.prompts) * (3 + (candidates if candidates > 1 else 0))
 
 
 def save_budgeted_profile(path: str, config, search: dict, measured: dict, facts: dict, prompts: Sequence[str],

@@ -264,11 +264,12 @@ def run_budgeted(args: argparse.Namespace, argv: list[str]) -> int:
         video = out["samples"][0].permute(1, 2, 3, 0)  # [T, H, W, 3] in [0, 1]
         return (video * 255).round().clamp(0, 255).to(torch.uint8).numpy(), out["report"].denoise_seconds
 
-    bar = tqdm(total=budget_generations(args), desc="budgeted profile (trajectories, damping, check)",
+    bar = tqdm(total=budget_generations(args), desc="budgeted profile (trajectories, closed-loop choice, check)",
                unit="video")
     config, search, measured = budgeted_profile(
         generate, args.prompts, seeds, sampler.model.stream_group_depths(), args.target_speedup,
-        args.max_forecast_order, args.budget_layout, args.residual_elements, bar.update, args.damping)
+        args.max_forecast_order, args.budget_layout, args.residual_elements, bar.update, args.damping,
+        args.power, args.forecast_target)
     bar.close()
     facts = {"model": model_name(args), "depths": sampler.model.stream_group_depths(),
              "video_size": list(args.video_size), "video_length": args.video_length, "steps": args.infer_steps,

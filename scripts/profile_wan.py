@@ -229,12 +229,12 @@ def run_budgeted(args: argparse.Namespace, argv: list[str], pipeline) -> int:
     start = time.perf_counter()
     kwargs = sampling_kwargs(args)
     seeds = [args.base_seed + i for i in range(len(args.prompts))]
-    bar = tqdm(total=budget_generations(args), desc="budgeted profile (trajectories, damping, check)",
+    bar = tqdm(total=budget_generations(args), desc="budgeted profile (trajectories, closed-loop choice, check)",
                unit="video")
     config, search, measured = budgeted_profile(
         lambda policy, prompt, seed: run_with_cache(pipeline, policy, prompt, seed, kwargs), args.prompts, seeds,
         pipeline.model.stream_group_depths(), args.target_speedup, args.max_forecast_order, args.budget_layout,
-        args.residual_elements, bar.update, args.damping)
+        args.residual_elements, bar.update, args.damping, args.power, args.forecast_target)
     bar.close()
     facts = {"model": MODEL_NAMES.get(args.task, args.task), "task": args.task,
              "depth": WAN_CONFIGS[args.task].num_layers, "size": args.size, "frame_num": args.frame_num,

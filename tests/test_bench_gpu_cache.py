@@ -22,6 +22,7 @@ def test_whole_stack_profile_keeps_steps_and_weights_at_depth_30():
     assert (unit.first, unit.last) == (0, 29)
     assert unit.schedule == source.units[0].schedule and unit.forecast_order == source.units[0].forecast_order
     assert unit.forecast_weights == source.units[0].forecast_weights
+    assert group.forecast_target == source.forecast_target == "output"
     # The same block-call budget: 11 refresh steps of 50 per branch, now of 30 blocks each.
     cache = DeltaCache(mapped)
     cache.bind({"blocks": 30})

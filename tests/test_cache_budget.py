@@ -13,9 +13,11 @@ from common_cache import CacheConfig, CacheProfile, DeltaCache, attach_cache, de
 from common_cache.profiling.budget import (
     DAMPINGS,
     STACK,
+    STACK_OUTPUT,
+    STEP_WEIGHT_POWERS,
+    ResidualTrajectories,
     UnitChoice,
     UnitTables,
-    ResidualTrajectories,
     allocate,
     best_schedules,
     copy_errors,
@@ -103,6 +105,9 @@ def test_recorder_keeps_the_gram_matrices_of_every_block_and_the_stack():
     assert len(recorder.grams[("blocks", 1)]) == 2
     np.testing.assert_allclose(recorder.grams[("blocks", 1)][0], (block1 @ block1.T).double().numpy(), rtol=1e-6)
     np.testing.assert_allclose(recorder.grams[("blocks", STACK)][1], (stack @ stack.T).double().numpy(), rtol=1e-6)
+    outputs = torch.stack([plain_loop(model.blocks, x) for x in xs]).reshape(5, -1)
+    np.testing.assert_allclose(recorder.grams[("blocks", STACK_OUTPUT)][0], (outputs @ outputs.T).double().numpy(),
+                               rtol=1e-6)
 
 
 def test_search_meets_the_budget_and_refuses_bad_targets():
@@ -124,6 +129,14 @@ def test_search_meets_the_budget_and_refuses_bad_targets():
         search_budget(grams, {"blocks": 4}, sigmas, 0.5)
     with pytest.raises(ValueError, match="layout='rows' is not allowed"):
         search_budget(grams, {"blocks": 4}, sigmas, 2.0, layout="rows")
+    with pytest.raises(ValueError, match="forecast_target='output' is not allowed with layout='blocks'"):
+        search_budget(grams, {"blocks": 4}, sigmas, 2.0, layout="blocks", forecast_target="output")
+    # output: the stack's output Gram decides, and the group says what its units forecast
+    grams[("blocks", STACK_OUTPUT)] = [random_walk_gram(10, seed=7)[1]]
+    groups, summary = search_budget(grams, {"blocks": 4}, sigmas, 3.0, forecast_target="output")
+    tables = UnitTables.from_grams(grams[("blocks", STACK_OUTPUT)], weights)
+    assert groups[0].forecast_target == "output" and summary["forecast_target"] == "output"
+    assert summary["predicted_error"] == pytest.approx(best_schedules(tables)[2].error, rel=1e-6)  # 3 of 10 steps
 
 
 def test_cli_target_speedup_writes_a_measured_profile(ckpt_dir, tmp_path):  # noqa: F811
@@ -137,10 +150,50 @@ def test_cli_target_speedup_writes_a_measured_profile(ckpt_dir, tmp_path):  # no
     assert meta["budget"]["computed_block_calls_per_branch"] <= 8 * 12 / 2.5
     assert meta["measured_on_profiling_prompts"]["ideal_speedup"] >= 2.5
     assert meta["measured_on_profiling_prompts"]["prompts"] == 2 and meta["source"] == "profiler (budgeted)"
-    # auto damping: every candidate measured on the profiling prompts, the best one kept
+    # auto damping and step weights: every candidate measured on the profiling prompts, the best pair kept
     scores = meta["budget"]["damping_psnr_on_profiling_prompts"]
     assert list(scores) == [str(d) for d in DAMPINGS]
     assert scores[str(meta["budget"]["forecast_damping"])] == max(scores.values())
+    by_power = meta["budget"]["step_weight_power_psnr_on_profiling_prompts"]
+    assert list(by_power) == [str(p) for p in STEP_WEIGHT_POWERS]
+    assert by_power[str(meta["budget"]["step_weight_power"])] == scores
+    measured = [v for power in by_power.values() if "same_steps_as" not in power for v in power.values()]
+    assert max(measured) == max(scores.values())
+    for power in by_power.values():  # a power that chose the same steps as an earlier one points to it
+        assert "same_steps_as" not in power or "same_steps_as" not in by_power[power["same_steps_as"]]
+
+
+def test_cli_fixed_step_weights_and_damping_skip_the_closed_loop(ckpt_dir, tmp_path):  # noqa: F811
+    out = str(tmp_path / "budget.json")
+    args = cli_args(ckpt_dir, out, "--target_speedup", "2.5", "--step_weight_power", "0", "--forecast_damping", "0.8")
+    assert load_cli().main(args) == 0
+    budget = CacheProfile.load(out).metadata["budget"]
+    assert budget["step_weight_power"] == 0.0 and budget["forecast_damping"] == 0.8
+    assert budget["step_weights"] == "(sigma_s - sigma_(s+1))^0"
+    assert "damping_psnr_on_profiling_prompts" not in budget
+    assert "step_weight_power_psnr_on_profiling_prompts" not in budget
+
+
+def test_step_weight_powers_reweight_the_search():
+    sigmas = np.array([1.0, 0.99, 0.97, 0.9, 0.7, 0.4, 0.2, 0.1])
+    sizes = np.array([0.01, 0.02, 0.07, 0.2, 0.3, 0.2, 0.1, 0.1])
+    np.testing.assert_allclose(step_weights_from_sigmas(sigmas), sizes)
+    np.testing.assert_allclose(step_weights_from_sigmas(sigmas, 0.5), np.sqrt(sizes))
+    np.testing.assert_allclose(step_weights_from_sigmas(sigmas, 0.0), np.ones(8))
+    np.testing.assert_allclose(step_weights_from_sigmas(sigmas, -0.5), 1 / np.sqrt(sizes))
+    # the search minimises the predicted error under the weights of its power
+    grams = {("blocks", STACK): [random_walk_gram(8, seed=s)[1] for s in range(2)]}
+    for power in (1.0, 0.0, -0.5):
+        groups, summary = search_budget(grams, {"blocks": 4}, sigmas, 2.0, max_order=1, step_weight_power=power)
+        tables = UnitTables.from_grams(grams[("blocks", STACK)], step_weights_from_sigmas(sigmas, power))
+        expected = best_schedules(tables, max_order=1)[3]  # 16 block calls of 32: four computed steps
+        assert summary["step_weight_power"] == power
+        assert summary["predicted_error"] == pytest.approx(expected.error, rel=1e-6)
+        cache = DeltaCache(CacheConfig(tuple(groups)))
+        cache.bind({"blocks": 4})
+        cache.begin(8)
+        computed = [step for step, plan in enumerate(cache._steps["blocks"]) if plan.computed]
+        assert tuple(computed) == expected.computed
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -148,6 +201,8 @@ def test_cli_target_speedup_writes_a_measured_profile(ckpt_dir, tmp_path):  # no
     (["--target_speedup", "2", "--max_forecast_order", "3"], "--max_forecast_order 3 is not allowed"),
     (["--target_speedup", "2", "--forecast_damping", "soft"], "--forecast_damping 'soft' is not allowed: expected "
                                                               "auto or a number in (0, 2]"),
+    (["--target_speedup", "2", "--step_weight_power", "3"], ("--step_weight_power '3' is not allowed: expected "
+                                                               "auto or a number in [-2, 2]")),
 ])
 def test_cli_budget_flags_are_checked_before_loading(ckpt_dir, tmp_path, caplog, extra, message):  # noqa: F811
     assert load_cli().main(cli_args(ckpt_dir, str(tmp_path / "p.json"), *extra)) == 2

@@ -74,6 +74,30 @@ def test_order_1_reuse_is_the_linear_extrapolation_of_the_last_two_records():
     assert cache.stats.skipped_calls == 16 and cache.stats.computed_calls == 16
 
 
+def test_output_target_forecasts_the_span_output_whatever_its_input():
+    # Span 1..2 of 4 blocks refreshed on steps 0, 1, 4: reuse steps 2, 3 forecast the span's
+    # *output* from the records of steps 0 and 1; steps 5, 6 from 1 and 4 (damped weights given per step), step 7
+    # takes the output of step 4 (weights 0, 1). Block 3 always runs, on the forecast output.
+    xs = inputs(8)
+    model = ToyModel(4)
+    weights = ((2, (-1.0, 2.0)), (3, (-2.0, 3.0)), (5, (-0.25, 1.25)), (6, (-0.5, 1.5)), (7, (0.0, 1.0)))
+    units = (UnitConfig(1, 2, 0, StepListSchedule((0, 1, 4)), 1, weights),)
+    config = CacheConfig((group(4, (1, 2), units=units, forecast_target="output"),))
+    assert CacheConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    outs = run(model, DeltaCache(config), xs)
+    assert [b.calls for b in model.blocks] == [8, 3, 3, 8]  # the span runs on steps 0, 1, 4 only
+    span_out = {s: plain_loop(model.blocks[:3], xs[s]) for s in (0, 1, 4)}
+    for step, (i, j, w) in {2: (0, 1, 2.0), 3: (0, 1, 3.0), 5: (1, 4, 1.25), 6: (1, 4, 1.5), 7: (1, 4, 1.0)}.items():
+        forecast = w * span_out[j] + (1.0 - w) * span_out[i]
+        torch.testing.assert_close(outs[step], model.blocks[3](forecast), rtol=0, atol=1e-6)
+    # The same schedule forecasting residuals adds them to block 1's input on the reuse step instead.
+    residual_outs = run(ToyModel(4), DeltaCache(CacheConfig((group(4, (1, 2), units=units),))), xs)
+    h = model.blocks[0](xs[2])
+    d = {s: span_out[s] - model.blocks[0](xs[s]) for s in (0, 1)}
+    torch.testing.assert_close(residual_outs[2], model.blocks[3](h + 2.0 * d[1] - d[0]), rtol=0, atol=1e-6)
+    assert not torch.allclose(residual_outs[2], outs[2])
+
+
 def test_order_2_reuse_is_the_quadratic_extrapolation_of_the_last_three_records():
     xs = inputs(9)
     model = ToyModel(3)
@@ -183,6 +207,8 @@ def test_unit_configs_round_trip_through_json_and_fill_from_the_group(tmp_path):
     (dict(cached=(0,), units=(UnitConfig(0, 9),)), "unit 0..9 is out of range for depth 6"),
     (dict(cached=(0,), forecast_order=3), "forecast_order=3 is not allowed: expected an integer 0..2"),
     (dict(cached=(0,), forecast_abscissa="time"), "forecast_abscissa='time' is not allowed"),
+    (dict(cached=(0,), forecast_target="input"), (r"forecast_target='input' is not allowed: expected one of "
+                                                  r"\['residual', 'output'\]")),
     (dict(cached=("2",)), "cached block '2' is a str: expected an integer block index 0..5"),
 ])
 def test_bad_group_fields_are_named(kwargs, message):

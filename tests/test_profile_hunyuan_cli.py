@@ -205,9 +205,11 @@ def test_target_speedup_writes_a_budgeted_profile_that_sample_video_runs_as_plan
     with the profile skips exactly the planned calls."""
     monkeypatch.delenv("MODEL_BASE", raising=False)
     out = str(tmp_path / "budget.json")
-    assert cli.main(cli_args(ckpts, out, "--target-speedup", "2", "--max-forecast-order", "1")) == 0
+    assert cli.main(cli_args(ckpts, out, "--target-speedup", "2", "--max-forecast-order", "1",
+                             "--step-weight-power", "0.5")) == 0
     profile = CacheProfile.load(out)
     meta = profile.metadata
+    assert meta["budget"]["step_weight_power"] == 0.5 and "damping_psnr_on_profiling_prompts" in meta["budget"]
     assert meta["source"] == "profiler (budgeted)" and meta["measured_on_profiling_prompts"]["prompts"] == 2
     assert meta["budget"]["computed_block_calls_per_branch"] <= STEPS * (DOUBLE + SINGLE) / 2
     stats_path = str(tmp_path / "stats.json")

@@ -7,12 +7,15 @@ search here decides all of it from what the full model does on the profiling pro
 
 1. :class:`ResidualTrajectories` runs every block in full (a policy behind ``run_blocks``) and keeps, per block,
    guidance branch and prompt, the Gram matrix ``G[s, t] = <r_s, r_t>`` of the block's residuals ``r_s = out - in``
-   over the steps (on a fixed random subset of at most ``max_elements`` entries, so that real model sizes fit).
+   over the steps (on a fixed random subset of at most ``max_elements`` entries, so that real model sizes fit), and
+   the Gram matrix of each whole stack's outputs.
 2. From a Gram matrix the error of every possible reuse follows in closed form: a reuse at step s that forecasts
    from records at steps i < j (order 1, finite difference over the step index) adds ``a r_j + b r_i`` instead of
    ``r_s``, an error of ``|a r_j + b r_i - r_s|``, a quadratic form in G (order 0: ``|r_j - r_s|``). Each error is
-   weighted by the sampler's step size ``sigma_s - sigma_{s+1}`` (how much of the velocity error reaches the
-   latent) and summed over branches and prompts: the *predicted error* of a schedule.
+   weighted by a power p of the sampler's step size, ``(sigma_s - sigma_{s+1})^p`` (p = 1: how much of the velocity
+   error reaches the latent), and summed over branches and prompts: the *predicted error* of a schedule. A unit
+   that forecasts its output instead of its residual (the default of the ``stack`` layout, docs/caching.md) uses
+   the same algebra on the output Gram matrix.
 3. :func:`best_schedules` finds, per block and per count c of computed steps, the computed steps of minimal
    predicted error (exact dynamic programming over the last one or two computed steps, O(n^3) per count), for
    order 0 and order 1; order 2 is then tried on the chosen steps and kept where it predicts less.
@@ -29,6 +32,9 @@ have already moved, an effect the per-block error model cannot see.
 5. :func:`choose_damping` then fixes, in closed loop, how far each order-1 forecast trusts its slope: the slope
    of the last two records is scaled by a damping gamma (1 = the finite difference) chosen from :data:`DAMPINGS`
    by the PSNR it gives on the profiling prompts, and stored as the units' calibrated ``forecast_weights``.
+   :func:`budgeted_profile` does this for the search's result under every power p of :data:`STEP_WEIGHT_POWERS`
+   and keeps the best (p, gamma): the early steps decide the video's layout although their step sizes are the
+   smallest, and how much weight they deserve differs between budgets.
    Steps far from their records bend away from the straight line; the open-loop error model cannot weigh that
    against the drift of a cached trajectory, a few real runs can.
 
@@ -44,7 +50,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from common_cache.config import CacheConfig, StreamGroupConfig, UnitConfig
+from common_cache.config import FORECAST_TARGETS, CacheConfig, StreamGroupConfig, UnitConfig
 from common_cache.plan import lagrange_weights
 from common_cache.policy import CachePolicy
 from common_cache.runner import States, call_block
@@ -52,6 +58,7 @@ from common_cache.schedule import StepListSchedule, UniformSchedule
 
 
 STACK = -1  # the block index under which the whole stack's residual (last output - first input) is kept
+STACK_OUTPUT = -2  # ... and the whole stack's output (what a unit forecasting its output records)
 
 
 class ResidualTrajectories(CachePolicy):
@@ -87,7 +94,9 @@ class ResidualTrajectories(CachePolicy):
             out = call_block(block, states, kwargs)
             self._keep(context.branch, group, index, self._flatten(out) - self._flatten(states))
             states = out
-        self._keep(context.branch, group, STACK, self._flatten(states) - first)
+        last = self._flatten(states)
+        self._keep(context.branch, group, STACK, last - first)
+        self._keep(context.branch, group, STACK_OUTPUT, last)
         self.stats.count(group, context.step, len(blocks), 0)
         return states
 
@@ -180,10 +189,19 @@ class UnitTables:
         return total
 
 
-def step_weights_from_sigmas(sigmas: Sequence[float]) -> np.ndarray:
-    """The sampler's step sizes ``sigma_s - sigma_{s+1}`` (the last step goes to 0)."""
+# Exponents p of the step weights ``(sigma_s - sigma_{s+1})^p`` tried in closed loop (1.0 first: it wins ties).
+# p = 1 weighs a velocity error by how much of it reaches the latent; smaller p give the early steps, where the
+# sampler's steps are small but a wrong velocity can change which layout the video settles on, more weight.
+STEP_WEIGHT_POWERS = (1.0, 0.5, 0.0, -0.5)
+
+
+def step_weights_from_sigmas(sigmas: Sequence[float], power: float = 1.0) -> np.ndarray:
+    """The sampler's step sizes ``sigma_s - sigma_{s+1}`` (the last step goes to 0), raised to ``power``."""
     values = np.asarray(list(sigmas) + [0.0], dtype=np.float64)
-    return np.abs(values[:-1] - values[1:])
+    sizes = np.abs(values[:-1] - values[1:])
+    if power == 1.0:
+        return sizes
+    return np.maximum(sizes, 1e-12) ** power
 
 
 # ------------------------------------------------------------------------------------------------ the search
@@ -320,8 +338,8 @@ def unit_from_steps(first: int, last: int, computed: Sequence[int], order: int) 
     return UnitConfig(first, last, warmup, StepListSchedule(tuple(computed[warmup:])), order)
 
 
-def budgeted_group(name: str, depth: int, units: Sequence[tuple[int, int, UnitChoice]],
-                   num_steps: int) -> StreamGroupConfig | None:
+def budgeted_group(name: str, depth: int, units: Sequence[tuple[int, int, UnitChoice]], num_steps: int,
+                   forecast_target: str = "residual") -> StreamGroupConfig | None:
     """The stream group of per-unit choices ``(first, last, choice)``: units computed on every step are left out,
     neighbours with the same steps and order share a span. None when nothing is cached."""
     merged: list[tuple[int, int, UnitChoice]] = []
@@ -337,14 +355,16 @@ def budgeted_group(name: str, depth: int, units: Sequence[tuple[int, int, UnitCh
     configs = tuple(unit_from_steps(first, last, c.computed, c.order) for first, last, c in merged)
     cached = [b for first, last, _ in merged for b in range(first, last + 1)]
     # Every unit has its own warm-up and steps; the group's own (a refresh on every step) is never used.
-    return StreamGroupConfig(name, depth, cached, warmup_steps=0, schedule=UniformSchedule(1), units=configs)
+    return StreamGroupConfig(name, depth, cached, warmup_steps=0, schedule=UniformSchedule(1),
+                             forecast_target=forecast_target, units=configs)
 
 
 LAYOUTS = ("stack", "blocks")
 
 
 def search_budget(grams: Mapping[tuple[str, int], Sequence[np.ndarray]], depths: Mapping[str, int],
-                  sigmas: Sequence[float], target_speedup: float, max_order: int = 2, layout: str = "stack"
+                  sigmas: Sequence[float], target_speedup: float, max_order: int = 2, layout: str = "stack",
+                  step_weight_power: float = 1.0, forecast_target: str = "residual"
                   ) -> tuple[list[StreamGroupConfig], dict]:
     """The budgeted stream groups for an ideal speedup of at least ``target_speedup``.
 
@@ -356,21 +376,31 @@ def search_budget(grams: Mapping[tuple[str, int], Sequence[np.ndarray]], depths:
         max_order: highest forecast order to consider.
         layout: ``stack``: each group is one unit (all its blocks refresh together; the budget is split between
             the groups); ``blocks``: every block is its own unit with its own steps and order.
+        step_weight_power: p of the step weights ``(sigma_s - sigma_{s+1})^p`` of the predicted error.
+        forecast_target: ``residual`` or ``output`` (what the units forecast; ``output`` only with the ``stack``
+            layout: the errors then come from the Gram matrices of the stack's outputs).
 
     Returns:
         (groups, a summary: budget, predicted error, per-unit counts and orders).
 
     Raises:
-        ValueError: ``target_speedup`` < 1, an unknown layout, or a budget below one step per unit.
+        ValueError: ``target_speedup`` < 1, an unknown layout or target, or a budget below one step per unit.
     """
     if not (isinstance(target_speedup, (int, float)) and target_speedup >= 1.0):
         raise ValueError(f"target_speedup={target_speedup!r} is not allowed: expected a number >= 1")
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r} is not allowed: expected one of {list(LAYOUTS)}")
-    weights = step_weights_from_sigmas(sigmas)
+    if forecast_target not in FORECAST_TARGETS:
+        raise ValueError(f"forecast_target={forecast_target!r} is not allowed: expected one of "
+                         f"{list(FORECAST_TARGETS)}")
+    if forecast_target == "output" and layout != "stack":
+        raise ValueError(f"forecast_target='output' is not allowed with layout={layout!r}: expected the 'stack' "
+                         "layout (only the whole stack's outputs are recorded)")
+    weights = step_weights_from_sigmas(sigmas, step_weight_power)
     num_steps = len(weights)
     if layout == "stack":
-        units = [(group, 0, depth - 1, STACK) for group, depth in depths.items()]
+        key = STACK_OUTPUT if forecast_target == "output" else STACK
+        units = [(group, 0, depth - 1, key) for group, depth in depths.items()]
     else:
         units = [(group, b, b, b) for group, depth in depths.items() for b in range(depth)]
     curves = [best_schedules(UnitTables.from_grams(grams[(group, key)], weights), max_order)
@@ -381,7 +411,7 @@ def search_budget(grams: Mapping[tuple[str, int], Sequence[np.ndarray]], depths:
     groups = []
     for group, depth in depths.items():
         picks = [(first, last, c) for (g, first, last, _), c in zip(units, chosen) if g == group]
-        config = budgeted_group(group, depth, picks, num_steps)
+        config = budgeted_group(group, depth, picks, num_steps, forecast_target)
         if config is not None:
             groups.append(config)
     if not groups:
@@ -389,7 +419,9 @@ def search_budget(grams: Mapping[tuple[str, int], Sequence[np.ndarray]], depths:
                          "target above 1")
     summary = {
         "target_speedup": target_speedup, "layout": layout, "max_forecast_order": max_order,
-        "step_weights": "sigma_s - sigma_(s+1)", "budget_block_calls_per_branch": budget,
+        "forecast_target": forecast_target,
+        "step_weights": f"(sigma_s - sigma_(s+1))^{step_weight_power:g}", "step_weight_power": step_weight_power,
+        "budget_block_calls_per_branch": budget,
         "computed_block_calls_per_branch": sum(len(c.computed) * n for c, n in zip(chosen, sizes)),
         "predicted_error": round(float(sum(c.error for c in chosen)), 6),
         "units": {f"{g}:{first}-{last}": {"computed_steps": len(c.computed), "order": c.order}
@@ -511,7 +543,8 @@ def measure_profile(config, run: Callable, prompts: Sequence[str], seeds: Sequen
 
 def budgeted_profile(generate: Callable, prompts: Sequence[str], seeds: Sequence[int], depths: Mapping[str, int],
                      target_speedup: float, max_order: int = 2, layout: str = "stack", max_elements: int = 1 << 16,
-                     progress: Callable[[int], None] | None = None, damping: float | None = None):
+                     progress: Callable[[int], None] | None = None, damping: float | None = None,
+                     step_weight_power: float | None = None, forecast_target: str | None = None):
     """The profiler's budgeted run, for any model: residual trajectories of full-compute generations, the search,
     the forecast damping, then the chosen config measured against those generations.
 
@@ -525,10 +558,15 @@ def budgeted_profile(generate: Callable, prompts: Sequence[str], seeds: Sequence
         progress: called with the number of generations just finished.
         damping: the forecast slope scale; None chooses it from :data:`DAMPINGS` on the profiling prompts
             (:func:`choose_damping`, one generation per prompt and candidate).
+        step_weight_power: p of the search's step weights; None searches with every p of
+            :data:`STEP_WEIGHT_POWERS` and keeps, with its damping, the one whose profile is closest to full compute
+            on the profiling prompts.
+        forecast_target: what the units forecast (see :func:`search_budget`); None: ``output`` with the stack
+            layout (measured better, docs/profiling.md), ``residual`` with the blocks layout.
 
     Returns:
-        (the :class:`~common_cache.CacheConfig`, the search summary (with the damping), the measured figures of
-        :func:`measure_profile`).
+        (the :class:`~common_cache.CacheConfig`, the search summary (with the damping, the step weights and, when
+        several were tried, every candidate's mean PSNR), the measured figures of :func:`measure_profile`).
     """
     recorder = ResidualTrajectories(max_elements=max_elements)
     references = []
@@ -538,13 +576,33 @@ def budgeted_profile(generate: Callable, prompts: Sequence[str], seeds: Sequence
             progress(1)
     recorder.end()
     num_steps = len(recorder.sigmas)
-    groups, search = search_budget(recorder.grams, depths, recorder.sigmas, target_speedup, max_order, layout)
-    config = CacheConfig(tuple(groups))
-    if damping is None:
-        damping, search["damping_psnr_on_profiling_prompts"] = choose_damping(
-            config, generate, prompts, seeds, references, num_steps, progress=progress)
-    search["forecast_damping"] = damping
-    config = with_damping(config, num_steps, damping)
+    if forecast_target is None:
+        forecast_target = "output" if layout == "stack" else "residual"
+    powers = STEP_WEIGHT_POWERS if step_weight_power is None else (step_weight_power,)
+    dampings = DAMPINGS if damping is None else (damping,)
+    searches = [search_budget(recorder.grams, depths, recorder.sigmas, target_speedup, max_order, layout, power,
+                              forecast_target) for power in powers]
+    best, tried = 0, {}
+    if len(powers) * len(dampings) > 1:
+        best_psnr, seen = -np.inf, {}
+        for index, (groups, search) in enumerate(searches):
+            config = CacheConfig(tuple(groups))
+            if config in seen:  # another power chose the same steps: already measured
+                tried[str(powers[index])] = {"same_steps_as": str(powers[seen[config]])}
+                if progress is not None:
+                    progress(len(prompts) * len(dampings))
+                continue
+            seen[config] = index
+            search["forecast_damping"], scores = choose_damping(config, generate, prompts, seeds, references,
+                                                                num_steps, dampings, progress)
+            search["damping_psnr_on_profiling_prompts"] = tried[str(powers[index])] = scores
+            if scores[str(search["forecast_damping"])] > best_psnr:
+                best, best_psnr = index, scores[str(search["forecast_damping"])]
+    groups, search = searches[best]
+    search.setdefault("forecast_damping", dampings[0])
+    if len(powers) > 1:
+        search["step_weight_power_psnr_on_profiling_prompts"] = tried
+    config = with_damping(CacheConfig(tuple(groups)), num_steps, search["forecast_damping"])
     measured = measure_profile(config, generate, prompts, seeds, references,
                                None if progress is None else lambda _: progress(2))
     return config, search, measured

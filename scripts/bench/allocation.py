@@ -3,8 +3,10 @@
 At an equal number of block calls (so an equal ideal speedup), on held-out prompts of the tiny model:
 
 * ``budgeted``: the shipped budgeted profile's steps (all blocks as one unit, refresh steps chosen by the search),
-  with finite differences; ``budgeted, as shipped`` adds the profile's calibrated weights when it has them;
-* ``uniform``: all blocks as one unit, the same number of computed steps spread evenly over the run;
+  with finite differences; ``budgeted, as shipped`` adds the profile's calibrated weights when it has them, and
+  ``budgeted, as shipped, residual`` is that profile forecasting the stack's residual when it forecasts its output;
+* ``uniform``: all blocks as one unit, the same number of computed steps spread evenly over the run (what the
+  profile forecasts: its output or its residual);
 * ``paper``: the paper's binary split (the R_attn profile's cached blocks, the others always computed), its cached
   blocks refreshed on evenly spread steps so that the calls match (only where the budget allows it);
 * ``random-<seed>``: a random binary split with as many cached blocks as the paper's, otherwise like ``paper``;
@@ -18,6 +20,7 @@ calls are equal by construction; docs/benchmarks.md gives the measured speedups 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import numpy as np
@@ -60,14 +63,17 @@ def allocations(budgeted: StreamGroupConfig, paper_blocks: tuple[int, ...], num_
     # A profile with calibrated weights (a damped slope) also runs as shipped; "budgeted" is its steps with plain
     # finite differences.
     modes = {"budgeted, as shipped": budgeted} if unit.forecast_weights is not None else {}
+    if budgeted.forecast_target == "output":
+        modes["budgeted, as shipped, residual"] = dataclasses.replace(budgeted, forecast_target="residual")
+    target = budgeted.forecast_target
     for order in (1, 0):
         suffix = "" if order else " (copy)"
         everything = tuple(range(depth))
         modes["budgeted" + suffix] = StreamGroupConfig("blocks", depth, everything, 0,
-                                                       StepListSchedule(steps[1:]), order)
+                                                       StepListSchedule(steps[1:]), order, forecast_target=target)
         even = spread(len(steps), num_steps)
         modes["uniform" + suffix] = StreamGroupConfig("blocks", depth, everything, 0, StepListSchedule(even[1:]),
-                                                      order)
+                                                      order, forecast_target=target)
         for name, cached in splits.items():
             group = binary_split(cached, depth, budget, num_steps, order)
             if group is not None:
