@@ -95,10 +95,11 @@ def test_ulysses_and_ring_pipelines_match_one_process_with_and_without_cache(ckp
     check_pipelines(ckpt_dir, profile_path, tmp_path, ["2x1", "1x2"])
 
 
-@pytest.fixture(scope="module")
-def forecast_profile_path(tmp_path_factory) -> str:
+@pytest.fixture(scope="module", params=["residual", "output"])
+def forecast_profile_path(tmp_path_factory, request) -> str:
     """Per-unit schedules with forecasting: blocks 2-4 (order 1) run on steps 0, 1, 2, 5; blocks 6-9 (order 2) on
-    steps 0, 1, 2, 4, 6; the other blocks always run."""
+    steps 0, 1, 2, 4, 6; the other blocks always run. The units forecast their residuals, or their outputs (each
+    rank its own shard either way)."""
     from common_cache import (
         CacheConfig,
         CacheProfile,
@@ -109,8 +110,9 @@ def forecast_profile_path(tmp_path_factory) -> str:
     )
 
     units = (UnitConfig(2, 4, 2, StepListSchedule((5,)), 1), UnitConfig(6, 9, 2, UniformSchedule(2), 2))
-    group = StreamGroupConfig("blocks", 12, (2, 3, 4, 6, 7, 8, 9), 0, UniformSchedule(1), units=units)
-    path = str(tmp_path_factory.mktemp("profiles") / "forecast.json")
+    group = StreamGroupConfig("blocks", 12, (2, 3, 4, 6, 7, 8, 9), 0, UniformSchedule(1),
+                              forecast_target=request.param, units=units)
+    path = str(tmp_path_factory.mktemp("profiles") / f"forecast_{request.param}.json")
     return CacheProfile(CacheConfig((group,)), metadata={"model": "random test weights"}).save(path)
 
 
