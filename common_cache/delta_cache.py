@@ -180,11 +180,12 @@ class DeltaCache(CachePolicy):
         return hs, block_seconds
 
     def _record(self, state: _BranchState, plan: GroupPlan, unit: int, out: Deltas, inp: Deltas) -> None:
-        # An output record is a copy: the same tensors flow on to the next block, the record must not share them.
-        deltas = tuple(o.clone() for o in out) if plan.forecasts_output else tuple(o - i for o, i in zip(out, inp))
+        deltas = out if plan.forecasts_output else tuple(o - i for o, i in zip(out, inp))
         if self.delta_dtype is not None or self.delta_device is not None:
             deltas = tuple(d.to(device=self.delta_device or d.device, dtype=self.delta_dtype or d.dtype)
                            for d in deltas)
+        if plan.forecasts_output:  # the output flows on to the next block: the record must not be the same tensor
+            deltas = tuple(d.clone() if d is o else d for d, o in zip(deltas, out))
         history = state.history[unit]
         history.append(deltas)
         state.nbytes += _nbytes(deltas)
@@ -207,12 +208,14 @@ class DeltaCache(CachePolicy):
         for j, (h, dtype) in enumerate(zip(hs, state.out_dtypes[unit])):
             # Out of place, and in the dtype the skipped blocks returned (fp32 stays fp32 even when the input of the
             # first cached block is bf16, e.g. Wan's patch embedding under autocast).
-            if weights == (1.0,):  # a copy: the stored residual itself (bit-identical to the paper's order 0)
-                residual = records[0][j].to(device=h.device, dtype=dtype, non_blocking=True)
+            if weights == (1.0,):  # a copy: the stored record itself (bit-identical to the paper's order 0)
+                forecast = records[0][j].to(device=h.device, dtype=dtype, non_blocking=True)
             else:  # a forecast (finite differences or calibrated weights), computed in the stream's dtype
-                residual = sum(w * r[j].to(device=h.device, dtype=dtype, non_blocking=True)
+                forecast = sum(w * r[j].to(device=h.device, dtype=dtype, non_blocking=True)
                                for w, r in zip(weights, records))
-            # output forecast: the result itself (a copy is cloned, so nothing downstream can touch the record)
-            summed = (residual.clone() if weights == (1.0,) else residual) if plan.forecasts_output else h + residual
-            out.append(summed if summed.dtype == dtype else summed.to(dtype))
+            if plan.forecasts_output:  # the forecast output is the result; never hand out the record itself
+                result = forecast.clone() if forecast is records[0][j] else forecast
+            else:
+                result = h + forecast
+            out.append(result if result.dtype == dtype else result.to(dtype))
         return tuple(out)

@@ -541,6 +541,34 @@ def measure_profile(config, run: Callable, prompts: Sequence[str], seeds: Sequen
             "prompts": len(prompts)}
 
 
+def choose_search(searches: Sequence[tuple[list[StreamGroupConfig], dict]], powers: Sequence[float],
+                  dampings: Sequence[float], run: Callable, prompts: Sequence[str], seeds: Sequence[int],
+                  references: Sequence[np.ndarray], num_steps: int,
+                  progress: Callable[[int], None] | None = None) -> tuple[int, dict[str, dict]]:
+    """The closed-loop choice between the searches made with each step-weight power: each distinct result gets its
+    damping from :func:`choose_damping` (stored in its summary), and the one of best mean PSNR wins (ties: the
+    earlier power).
+
+    Returns:
+        (the index of the chosen search, per power its dampings' mean PSNRs or the power whose steps it repeats).
+    """
+    best, best_psnr, tried, seen = 0, -np.inf, {}, {}
+    for index, (groups, search) in enumerate(searches):
+        config = CacheConfig(tuple(groups))
+        if config in seen:  # another power chose the same steps: already measured
+            tried[str(powers[index])] = {"same_steps_as": str(powers[seen[config]])}
+            if progress is not None:
+                progress(len(prompts) * len(dampings))
+            continue
+        seen[config] = index
+        search["forecast_damping"], scores = choose_damping(config, run, prompts, seeds, references, num_steps,
+                                                            dampings, progress)
+        search["damping_psnr_on_profiling_prompts"] = tried[str(powers[index])] = scores
+        if scores[str(search["forecast_damping"])] > best_psnr:
+            best, best_psnr = index, scores[str(search["forecast_damping"])]
+    return best, tried
+
+
 def budgeted_profile(generate: Callable, prompts: Sequence[str], seeds: Sequence[int], depths: Mapping[str, int],
                      target_speedup: float, max_order: int = 2, layout: str = "stack", max_elements: int = 1 << 16,
                      progress: Callable[[int], None] | None = None, damping: float | None = None,
@@ -584,20 +612,8 @@ def budgeted_profile(generate: Callable, prompts: Sequence[str], seeds: Sequence
                               forecast_target) for power in powers]
     best, tried = 0, {}
     if len(powers) * len(dampings) > 1:
-        best_psnr, seen = -np.inf, {}
-        for index, (groups, search) in enumerate(searches):
-            config = CacheConfig(tuple(groups))
-            if config in seen:  # another power chose the same steps: already measured
-                tried[str(powers[index])] = {"same_steps_as": str(powers[seen[config]])}
-                if progress is not None:
-                    progress(len(prompts) * len(dampings))
-                continue
-            seen[config] = index
-            search["forecast_damping"], scores = choose_damping(config, generate, prompts, seeds, references,
-                                                                num_steps, dampings, progress)
-            search["damping_psnr_on_profiling_prompts"] = tried[str(powers[index])] = scores
-            if scores[str(search["forecast_damping"])] > best_psnr:
-                best, best_psnr = index, scores[str(search["forecast_damping"])]
+        best, tried = choose_search(searches, powers, dampings, generate, prompts, seeds, references, num_steps,
+                                    progress)
     groups, search = searches[best]
     search.setdefault("forecast_damping", dampings[0])
     if len(powers) > 1:
