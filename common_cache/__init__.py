@@ -29,7 +29,7 @@ from common_cache.plan import (
     lagrange_weights,
     step_kinds,
 )
-from common_cache.runner import call_block, run_blocks, step_context
+from common_cache.runner import call_block, run_blocks, stack_input_unused, step_context
 from common_cache.schedule import LinearSchedule, StepListSchedule, UniformSchedule, schedule_from_dict
 from common_cache.stats import CacheStats
 from common_cache.adapters import disable_cache, enable_cache  # last: it builds on the modules above
@@ -63,6 +63,7 @@ __all__ = [
     "parse_int_list",
     "run_blocks",
     "schedule_from_dict",
+    "stack_input_unused",
     "step_context",
     "step_kinds",
     "write_run_stats",

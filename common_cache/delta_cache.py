@@ -137,6 +137,15 @@ class DeltaCache(CachePolicy):
         self._add_stack_time(start, block_seconds)
         return hs[0] if single else hs
 
+    def replaces_stack(self, group: str) -> bool:
+        """True when the current step returns ``group``'s forecast output without reading the stack's input (the
+        group forecasts its units' outputs and one reused unit covers all its blocks); see
+        :func:`common_cache.runner.stack_input_unused`. False outside ``step``."""
+        plan = self.plans.get(group)
+        if plan is None or not plan.forecasts_output or self._context is None:
+            return False
+        return self._steps[group][self._context.step].forecasts_whole_stack
+
     # ----------------------------------------------------------------------------------------------------------
 
     def _branch_state(self, context: StepContext, plan: GroupPlan) -> _BranchState:

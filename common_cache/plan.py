@@ -73,6 +73,11 @@ class StepPlan:
         """True when every block runs and nothing is recorded (the plain loop)."""
         return all(op == Op.RUN for op, _, _, _ in self.ops)
 
+    @property
+    def forecasts_whole_stack(self) -> bool:
+        """True when one reused unit covers every block: the step's only action is that unit's forecast."""
+        return self.computed == 0 and len(self.ops) == 1
+
 
 @dataclass(frozen=True)
 class GroupPlan:

@@ -38,6 +38,24 @@ class SignalReceiver(Protocol):
     def receive_signals(self, group: str, signals: dict[str, Signal]) -> None: ...
 
 
+class StackForecaster(Protocol):
+    """Optional for a cache: tells a forward whether it will read a stack's input on the current step."""
+
+    def replaces_stack(self, group: str) -> bool: ...
+
+
+def stack_input_unused(cache: StackRunner | None, group: str) -> bool:
+    """True when the attached cache returns stream group ``group``'s forecast output on the current forward without
+    reading the stack's input (one unit that forecasts its output covers the whole stack, on a reuse step).
+
+    The forward may then skip computing that input (e.g. the patch and text embeddings) and hand
+    :func:`run_blocks` an empty placeholder on the right device and dtype; the blocks' keyword arguments are
+    not needed either. With no cache, or a cache without ``replaces_stack``, this is False.
+    """
+    replaces = getattr(cache, "replaces_stack", None)
+    return replaces is not None and replaces(group)
+
+
 def call_block(block: Callable[..., Any], states: States, kwargs: dict) -> States:
     """Calls one block: a tuple of states is passed positionally, a single tensor as the first argument."""
     if isinstance(states, tuple):

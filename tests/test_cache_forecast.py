@@ -17,6 +17,7 @@ from common_cache import (
     UnitConfig,
     attach_cache,
     lagrange_weights,
+    stack_input_unused,
 )
 
 
@@ -96,6 +97,27 @@ def test_output_target_forecasts_the_span_output_whatever_its_input():
     d = {s: span_out[s] - model.blocks[0](xs[s]) for s in (0, 1)}
     torch.testing.assert_close(residual_outs[2], model.blocks[3](h + 2.0 * d[1] - d[0]), rtol=0, atol=1e-6)
     assert not torch.allclose(residual_outs[2], outs[2])
+
+
+@pytest.mark.parametrize("cached, target, expected", [
+    ((0, 1, 2), "output", [False, False, True, False, True, True]),  # whole stack, output: its reuse steps
+    ((0, 1, 2), "residual", [False] * 6),  # a residual is added to the stack's input
+    ((1, 2), "output", [False] * 6),  # block 0 runs and feeds the span
+])
+def test_only_a_whole_stack_output_forecast_leaves_the_stack_input_unused(cached, target, expected):
+    config = CacheConfig((group(3, cached, 1, StepListSchedule((3,)), 1, forecast_target=target),))
+    cache = DeltaCache(config)
+    model = ToyModel(3)
+    attach_cache(model, cache)
+    cache.begin(6)
+    assert not stack_input_unused(cache, "blocks")  # outside a step
+    assert not stack_input_unused(None, "blocks")
+    unused = []
+    for step, x in enumerate(inputs(6)):
+        with cache.step(step, "cond"):
+            unused.append(stack_input_unused(cache, "blocks"))
+            model(x)
+    assert unused == expected
 
 
 def test_order_2_reuse_is_the_quadratic_extrapolation_of_the_last_three_records():

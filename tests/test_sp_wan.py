@@ -97,9 +97,10 @@ def test_ulysses_and_ring_pipelines_match_one_process_with_and_without_cache(ckp
 
 @pytest.fixture(scope="module", params=["residual", "output"])
 def forecast_profile_path(tmp_path_factory, request) -> str:
-    """Per-unit schedules with forecasting: blocks 2-4 (order 1) run on steps 0, 1, 2, 5; blocks 6-9 (order 2) on
-    steps 0, 1, 2, 4, 6; the other blocks always run. The units forecast their residuals, or their outputs (each
-    rank its own shard either way)."""
+    """Forecasting, each rank on its own shard. ``residual``: per-unit schedules, blocks 2-4 (order 1) run on
+    steps 0, 1, 2, 5, blocks 6-9 (order 2) on steps 0, 1, 2, 4, 6, the other blocks always run. ``output``: the
+    shipped t2v-tiny layout, the whole stack as one unit (order 2, run on steps 0, 1, 2, 4, 6) forecasting its
+    output, so that reuse steps skip the stack's input."""
     from common_cache import (
         CacheConfig,
         CacheProfile,
@@ -109,9 +110,11 @@ def forecast_profile_path(tmp_path_factory, request) -> str:
         UnitConfig,
     )
 
-    units = (UnitConfig(2, 4, 2, StepListSchedule((5,)), 1), UnitConfig(6, 9, 2, UniformSchedule(2), 2))
-    group = StreamGroupConfig("blocks", 12, (2, 3, 4, 6, 7, 8, 9), 0, UniformSchedule(1),
-                              forecast_target=request.param, units=units)
+    if request.param == "residual":
+        units = (UnitConfig(2, 4, 2, StepListSchedule((5,)), 1), UnitConfig(6, 9, 2, UniformSchedule(2), 2))
+        group = StreamGroupConfig("blocks", 12, (2, 3, 4, 6, 7, 8, 9), 0, UniformSchedule(1), units=units)
+    else:
+        group = StreamGroupConfig("blocks", 12, tuple(range(12)), 2, UniformSchedule(2), 2, forecast_target="output")
     path = str(tmp_path_factory.mktemp("profiles") / f"forecast_{request.param}.json")
     return CacheProfile(CacheConfig((group,)), metadata={"model": "random test weights"}).save(path)
 

@@ -201,6 +201,53 @@ def test_uncached_forward_equals_direct_block_loop(tiny_model):
         assert torch.equal(a, b)
 
 
+def _stack_output_generation(model, monkeypatch, fast: bool) -> tuple[list[torch.Tensor], list[int]]:
+    """Six steps (two branches) with the whole stack forecasting its output (order 1, computed on steps 0, 1, 3);
+    ``fast=False`` makes the cache report that it reads the stack's input on every step. Returns the outputs and
+    the step of every patch-embedding call."""
+    from common_cache import (
+        CacheConfig,
+        DeltaCache,
+        StepListSchedule,
+        StreamGroupConfig,
+        attach_cache,
+        detach_cache,
+    )
+
+    if not fast:
+        monkeypatch.setattr(DeltaCache, "replaces_stack", lambda self, group: False)
+    group = StreamGroupConfig("blocks", 3, (0, 1, 2), 1, StepListSchedule((3,)), 1, forecast_target="output")
+    cache = DeltaCache(CacheConfig((group,)))
+    latents, contexts, seq_len = tiny_inputs()
+    outputs, embedded_at, step = [], [], [0]
+    handle = model.patch_embedding.register_forward_hook(lambda m, i, o: embedded_at.append(step[0]))
+    attach_cache(model, cache)
+    try:
+        cache.begin(6)
+        for step[0] in range(6):
+            t = torch.full((2,), 900.0 - 150 * step[0])
+            for branch, context in (("cond", contexts), ("uncond", [c.flip(0) for c in contexts])):
+                with cache.step(step[0], branch):
+                    outputs += _run(model, [u + 0.1 * step[0] for u in latents], t, context, seq_len)
+    finally:
+        detach_cache(model)
+        handle.remove()
+    assert cache.stats.computed_calls == 3 * 3 * 2  # steps 0, 1, 3; two branches; three blocks
+    return outputs, embedded_at
+
+
+def test_a_step_that_forecasts_the_stack_output_skips_the_stack_input(tiny_model, monkeypatch):
+    """Reuse steps of a whole-stack output forecast skip the patch (and text) embeddings; the outputs are
+    bit-identical to computing them."""
+    fast, embedded_fast = _stack_output_generation(tiny_model, monkeypatch, fast=True)
+    slow, embedded_slow = _stack_output_generation(tiny_model, monkeypatch, fast=False)
+    assert embedded_fast == [0, 0, 0, 0, 1, 1, 1, 1, 3, 3, 3, 3]  # two latents per forward, two branches
+    assert embedded_slow == [s for s in range(6) for _ in range(4)]
+    assert len(fast) == len(slow) == 24
+    for a, b in zip(fast, slow):
+        assert a.shape == b.shape and torch.equal(a, b)
+
+
 def test_padding_does_not_change_valid_outputs(tiny_model):
     latents, contexts, _ = tiny_inputs()
     t = torch.tensor([700, 700])

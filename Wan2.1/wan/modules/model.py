@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn as nn
 
-from common_cache import run_blocks
+from common_cache import run_blocks, stack_input_unused
 from common_cache.teacache import WAN_TIME_EMBEDDING, WAN_TIME_MODULATION
 
 from .attention import attention
@@ -472,8 +472,14 @@ class WanModel(nn.Module):
             list of B fp32 tensors ``[out_dim, F, H, W]``.
         """
         x = self.condition_latents(x, clip_fea, y)  # B x [in_dim, F, H, W]
-        tokens, seq_lens, grid_sizes = self.patchify_and_pad(x, seq_len)  # [B, seq_len, C]
         e, e0 = self.embed_time(t)  # [B, C], [B, 6, C]
+        if stack_input_unused(self.block_cache, "blocks"):
+            # The cache returns the stack's forecast output on this step whatever its input: skip the patch and
+            # text embeddings (the empty placeholder only tells it the device and dtype).
+            weight = self.patch_embedding.weight
+            tokens = run_blocks(self.block_cache, "blocks", self.blocks, weight.new_empty(len(x), 0, self.dim))
+            return self.head_and_unpatchify(tokens, e, self.grid_sizes(x))
+        tokens, seq_lens, grid_sizes = self.patchify_and_pad(x, seq_len)  # [B, seq_len, C]
         context = self.embed_text(context)  # [B, text_len, C]
         if clip_fea is not None:
             context = torch.cat([self.img_emb(clip_fea), context], dim=1)  # [B, L_img + text_len, C]
@@ -533,6 +539,10 @@ class WanModel(nn.Module):
             [torch.cat([u, u.new_zeros(1, seq_len - u.size(1), u.size(2))], dim=1) for u in embedded]
         )  # [B, seq_len, C]
         return tokens, seq_lens, grid_sizes
+
+    def grid_sizes(self, x: list[torch.Tensor]) -> torch.Tensor:
+        """The token grid ``[B, 3]`` (int64, CPU) of each latent, as :meth:`patchify_and_pad` returns it."""
+        return torch.tensor([[n // p for n, p in zip(u.shape[1:], self.patch_size)] for u in x], dtype=torch.long)
 
     def embed_time(self, t: torch.Tensor):
         """Timestep -> fp32 embedding ``e`` ``[B, C]`` and the block modulation input ``e0`` ``[B, 6, C]``."""
