@@ -50,7 +50,8 @@ def stack_input_unused(cache: StackRunner | None, group: str) -> bool:
 
     The forward may then skip computing that input (e.g. the patch and text embeddings) and hand
     :func:`run_blocks` an empty placeholder on the right device and dtype; the blocks' keyword arguments are
-    not needed either. With no cache, or a cache without ``replaces_stack``, this is False.
+    not needed either. With no cache, or a cache without ``replaces_stack`` (see :class:`StackForecaster`), this is
+    False.
     """
     replaces = getattr(cache, "replaces_stack", None)
     return replaces is not None and replaces(group)

@@ -528,7 +528,7 @@ class WanModel(nn.Module):
             tokens ``[B, seq_len, C]``, seq_lens ``[B]`` (int64, CPU), grid_sizes ``[B, 3]`` (int64, CPU).
         """
         embedded = [self.patch_embedding(u.unsqueeze(0)) for u in x]  # B x [1, C, f, h, w]
-        grid_sizes = torch.stack([torch.tensor(u.shape[2:], dtype=torch.long) for u in embedded])
+        grid_sizes = self.grid_sizes(x)
         embedded = [u.flatten(2).transpose(1, 2) for u in embedded]  # B x [1, f*h*w, C]
         seq_lens = torch.tensor([u.size(1) for u in embedded], dtype=torch.long)
         if int(seq_lens.max()) > seq_len:
@@ -541,7 +541,8 @@ class WanModel(nn.Module):
         return tokens, seq_lens, grid_sizes
 
     def grid_sizes(self, x: list[torch.Tensor]) -> torch.Tensor:
-        """The token grid ``[B, 3]`` (int64, CPU) of each latent, as :meth:`patchify_and_pad` returns it."""
+        """The token grid ``[B, 3]`` (int64, CPU) of each latent ``[C, F, H, W]``: ``(F, H, W) // patch_size``
+        (the patch embedding's stride equals its kernel)."""
         return torch.tensor([[n // p for n, p in zip(u.shape[1:], self.patch_size)] for u in x], dtype=torch.long)
 
     def embed_time(self, t: torch.Tensor):
